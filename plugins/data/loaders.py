@@ -1,0 +1,183 @@
+"""Loaders that return images as float tensors (N, C, H, W) in [0, 1] with integer labels."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from plugins.errors import UserInputError
+
+ENV_VAR = "CONTRASTIVE_PLUGINS_DATA"
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def shared_data_dir(required: bool = True) -> Path | None:
+    """Folder of the shared real data sets.
+
+    ``$CONTRASTIVE_PLUGINS_DATA`` if set, else ``../shared/data`` beside the repository checkout.
+    Raises :class:`UserInputError` naming the paths tried when ``required`` and absent, else ``None``.
+    """
+    candidates = []
+    if os.environ.get(ENV_VAR):
+        candidates.append(Path(os.environ[ENV_VAR]))
+    candidates.append(_REPO_ROOT.parent / "shared" / "data")
+    for c in candidates:
+        if c.is_dir():
+            return c
+    if required:
+        raise UserInputError(
+            f"shared data folder not found (tried {', '.join(str(c) for c in candidates)}); set {ENV_VAR} to its path."
+        )
+    return None
+
+
+def shared_path(*parts: str, required: bool = True) -> Path | None:
+    """A path inside the shared data folder, e.g. ``shared_path("cifar10", "cifar-10-batches-py")``."""
+    root = shared_data_dir(required=required)
+    if root is None:
+        return None
+    path = root.joinpath(*parts)
+    if not path.exists():
+        if required:
+            raise UserInputError(f"shared data set missing: {path} does not exist.")
+        return None
+    return path
+
+
+@dataclass
+class ImageTensorDataset(Dataset):
+    """Images (N, C, H, W) float in [0, 1] and labels (N,) int64, with class names."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4:
+            raise UserInputError(f"images must be (N, C, H, W), got shape {tuple(self.images.shape)}.")
+        if len(self.images) != len(self.labels):
+            raise UserInputError(f"{len(self.images)} images but {len(self.labels)} labels.")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[i], self.labels[i]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def subset(self, index: torch.Tensor | np.ndarray) -> ImageTensorDataset:
+        index = torch.as_tensor(index, dtype=torch.long)
+        return ImageTensorDataset(self.images[index], self.labels[index], self.classes)
+
+
+def check_finite(x: torch.Tensor, what: str) -> torch.Tensor:
+    """Raise one clear sentence when ``x`` holds NaN or infinity."""
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).sum())
+        raise UserInputError(f"{what} contains {bad} NaN or infinite values; clean the data first.")
+    return x
+
+
+def load_digits(size: int | None = None) -> ImageTensorDataset:
+    """scikit-learn's real handwritten digits (1,797 images, 8x8, 10 classes) as (N, 1, 8, 8) in [0, 1].
+
+    Args:
+        size: optional side length to resize to (bilinear), e.g. 32 for a ResNet stem.
+    """
+    from sklearn.datasets import load_digits as _load
+
+    d = _load()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    if size is not None and size != 8:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+    return ImageTensorDataset(x, torch.tensor(d.target, dtype=torch.long), [str(i) for i in range(10)])
+
+
+def load_cifar10(root: str | Path | None = None, train: bool = True, limit: int | None = None) -> ImageTensorDataset:
+    """CIFAR-10 from python pickle batches (``data_batch_*``, ``test_batch``).
+
+    Reads whichever ``data_batch_*`` files exist (the shared subset holds only ``data_batch_1``).
+
+    Args:
+        root: the ``cifar-10-batches-py`` folder or its parent; default: the shared data set.
+        train: training batches or ``test_batch``.
+        limit: keep the first ``limit`` images (rows alternate by class in the shared subset).
+    """
+    if root is None:
+        root = shared_path("cifar10", "cifar-10-batches-py")
+    root = Path(root)
+    if (root / "cifar-10-batches-py").is_dir():
+        root = root / "cifar-10-batches-py"
+    if not root.is_dir():
+        raise UserInputError(f"CIFAR-10 folder {root} does not exist.")
+    files = sorted(root.glob("data_batch_*")) if train else [root / "test_batch"]
+    files = [f for f in files if f.exists()]
+    if not files:
+        raise UserInputError(f"no CIFAR-10 {'data_batch_*' if train else 'test_batch'} file in {root}.")
+    xs, ys = [], []
+    for f in files:
+        with open(f, "rb") as fh:
+            d = pickle.load(fh, encoding="bytes")
+        xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(d[b"labels"], dtype=np.int64))
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    if limit is not None:
+        x, y = x[:limit], y[:limit]
+    classes = [str(i) for i in range(10)]
+    meta = root / "batches.meta"
+    if meta.exists():
+        with open(meta, "rb") as fh:
+            m = pickle.load(fh, encoding="bytes")
+        names = m.get(b"label_names")
+        if names:
+            classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    return ImageTensorDataset(torch.from_numpy(x).float() / 255.0, torch.from_numpy(y), classes)
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def load_image_folder(root: str | Path, size: int = 64, channels: int = 3, limit_per_class: int | None = None) -> ImageTensorDataset:
+    """Class-per-folder images (``root/<class>/<image>``), resized to ``size`` x ``size``.
+
+    Grayscale and RGBA files are converted to ``channels`` (1 or 3). Unreadable files raise an error
+    naming the file.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(root)
+    if not root.is_dir():
+        raise UserInputError(f"image folder {root} does not exist.")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise UserInputError(f"image folder {root} has no class sub-folders.")
+    mode = {1: "L", 3: "RGB"}.get(channels)
+    if mode is None:
+        raise UserInputError(f"channels must be 1 or 3 for image folders, got {channels}.")
+    xs, ys = [], []
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if limit_per_class is not None:
+            files = files[:limit_per_class]
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    im = im.convert(mode).resize((size, size), Image.BILINEAR)
+                    a = np.asarray(im, dtype=np.uint8)
+            except (UnidentifiedImageError, OSError) as e:
+                raise UserInputError(f"cannot read image {f}: {e}.") from None
+            xs.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+            ys.append(label)
+    if not xs:
+        raise UserInputError(f"image folder {root} has no images ({', '.join(sorted(IMAGE_SUFFIXES))}).")
+    x = torch.from_numpy(np.stack(xs)).float() / 255.0
+    return ImageTensorDataset(x, torch.tensor(ys, dtype=torch.long), classes)
