@@ -1,0 +1,12 @@
+from plugins.registry import MethodSpec
+
+SPEC = MethodSpec(
+    name="simclr",
+    paper="Chen et al., A Simple Framework for Contrastive Learning of Visual Representations, ICML 2020",
+    domain="generic images (baseline row)",
+    framework="plain torch",
+    default_data="scikit-learn digits (1,797 real 8x8 images, 10 classes)",
+    run="plugins.methods.simclr:run",
+    reproduce="plugins.methods.simclr:reproduce",
+    demo_metric="knn_acc",
+)
