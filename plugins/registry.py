@@ -75,5 +75,7 @@ def available_methods() -> dict[str, MethodSpec]:
 def get_method(name: str) -> MethodSpec:
     specs = available_methods()
     if name not in specs:
-        raise UserInputError(f"unknown method '{name}'; choose one of: {', '.join(specs) or '(none installed)'}.")
+        raise UserInputError(
+            f"unknown method '{name}'; choose one of: {', '.join(specs) or '(none installed)'}."
+        )
     return specs[name]

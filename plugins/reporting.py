@@ -65,7 +65,9 @@ class RunDir:
         path: use exactly this folder instead.
     """
 
-    def __init__(self, root: str | Path = "runs", method: str = "run", path: str | Path | None = None):
+    def __init__(
+        self, root: str | Path = "runs", method: str = "run", path: str | Path | None = None
+    ):
         if path is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             path = Path(root) / f"{method}-{stamp}"
@@ -81,7 +83,10 @@ class RunDir:
 
     def save_config(self, config: Mapping[str, Any]) -> Path:
         out = self.path / "config.yaml"
-        _atomic_write_bytes(out, lambda tmp: Path(tmp).write_text(yaml.safe_dump(_plain(dict(config)), sort_keys=False)))
+        _atomic_write_bytes(
+            out,
+            lambda tmp: Path(tmp).write_text(yaml.safe_dump(_plain(dict(config)), sort_keys=False)),
+        )
         return out
 
     def save_metrics(self, metrics: Mapping[str, Any], merge: bool = True) -> Path:
@@ -108,7 +113,9 @@ class RunDir:
         import matplotlib.pyplot as plt
 
         out = self.path / name
-        _atomic_write_bytes(out, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+        _atomic_write_bytes(
+            out, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        )
         plt.close(fig)
         return out
 
@@ -120,7 +127,12 @@ class RunDir:
         return out
 
     # -- standard plots -------------------------------------------------------------------------
-    def plot_loss(self, losses: Sequence[float] | Mapping[str, Sequence[float]], name: str = "loss.png", xlabel: str = "step") -> Path:
+    def plot_loss(
+        self,
+        losses: Sequence[float] | Mapping[str, Sequence[float]],
+        name: str = "loss.png",
+        xlabel: str = "step",
+    ) -> Path:
         plt = _pyplot()
         fig, ax = plt.subplots(figsize=(5, 3.2))
         series = losses if isinstance(losses, Mapping) else {"loss": losses}
@@ -133,7 +145,9 @@ class RunDir:
         ax.grid(alpha=0.3)
         return self.save_figure(fig, name)
 
-    def plot_spectrum(self, spectra: Mapping[str, torch.Tensor | np.ndarray], name: str = "spectrum.png") -> Path:
+    def plot_spectrum(
+        self, spectra: Mapping[str, torch.Tensor | np.ndarray], name: str = "spectrum.png"
+    ) -> Path:
         """Log eigenvalue against rank, one line per entry (DirectCLR, Fig. 2)."""
         plt = _pyplot()
         fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -146,13 +160,21 @@ class RunDir:
         ax.grid(alpha=0.3)
         return self.save_figure(fig, name)
 
-    def plot_embedding(self, z: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, name: str = "embedding.png", title: str = "") -> Path:
+    def plot_embedding(
+        self,
+        z: torch.Tensor | np.ndarray,
+        labels: torch.Tensor | np.ndarray,
+        name: str = "embedding.png",
+        title: str = "",
+    ) -> Path:
         """2-D map of embeddings (PCA then t-SNE when there are enough points) coloured by label."""
         plt = _pyplot()
         xy = embed_2d(z)
         labels = np.asarray(torch.as_tensor(labels).cpu())
         fig, ax = plt.subplots(figsize=(4.5, 4.5))
-        sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10" if labels.max() < 10 else "tab20", s=6)
+        sc = ax.scatter(
+            xy[:, 0], xy[:, 1], c=labels, cmap="tab10" if labels.max() < 10 else "tab20", s=6
+        )
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(title)
@@ -171,7 +193,9 @@ def embed_2d(z: torch.Tensor | np.ndarray, seed: int = 0) -> np.ndarray:
         return x[:, :2] if x.shape[1] >= 2 else np.pad(x, ((0, 0), (0, 2 - x.shape[1])))
     from sklearn.manifold import TSNE
 
-    return TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30, x.shape[0] // 4)).fit_transform(x)
+    return TSNE(
+        n_components=2, init="pca", random_state=seed, perplexity=min(30, x.shape[0] // 4)
+    ).fit_transform(x)
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -1,0 +1,364 @@
+"""SimCLR (Chen, Kornblith, Norouzi, Hinton, "A Simple Framework for Contrastive Learning of Visual
+Representations", ICML 2020): the baseline row every other method in this library is compared with.
+
+Two augmented views -> encoder -> 2-layer MLP projector -> NT-Xent (``plugins.losses.nt_xent``, eq. 1).
+Evaluation on frozen encoder features: weighted kNN, linear probe and effective rank, each also for the
+same encoder at random initialisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+from tqdm.auto import tqdm
+
+from plugins.data import (
+    ImageTensorDataset,
+    TwoViewAugment,
+    check_finite,
+    load_cifar10,
+    load_digits,
+    load_image_folder,
+)
+from plugins.errors import UserInputError
+from plugins.heads import ProjectionHead
+from plugins.losses import nt_xent
+from plugins.metrics import effective_rank, knn_accuracy, linear_probe, spectrum
+from plugins.reporting import RunContext
+
+__all__ = [
+    "SimCLRConfig",
+    "SimCLR",
+    "TinyResNet",
+    "small_resnet",
+    "train_simclr",
+    "embed",
+    "evaluate_representation",
+    "load_dataset",
+    "run",
+    "reproduce",
+]
+
+
+@dataclass
+class SimCLRConfig:
+    """Defaults: the paper's where they fit a CPU, else marked."""
+
+    temperature: float = 0.5  # paper, CIFAR-10 setting (Appendix B.9)
+    projection_dim: int = 128  # paper, Sec. 5.2 / Fig. 8
+    batch_size: int = 256  # paper uses 256-8192; 256 fits a CPU
+    lr: float = 1e-3  # CPU-scale Adam instead of LARS (lr 0.3 x B/256), which needs large batches
+    weight_decay: float = 1e-6  # paper (LARS weight decay 1e-6)
+    epochs: int = 30
+    arch: str = "tiny"  # "tiny" (3-stage ResNet, CPU) or a torchvision ResNet name
+    crop_scale: tuple[float, float] = (
+        0.2,
+        1.0,
+    )  # lightly / solo-learn CIFAR default; paper 0.08 on ImageNet
+    image_size: int | None = None  # resize inputs to this side (None: keep)
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+
+
+class TinyResNet(nn.Module):
+    """A small ResNet for CPU runs: 3x3 stem, one basic block per stage, global average pool.
+
+    Args:
+        in_channels: input bands.
+        widths: channels per stage; every stage after the first halves the resolution.
+    """
+
+    def __init__(self, in_channels: int = 3, widths: tuple[int, ...] = (32, 64, 128)):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
+        )
+        stages, cin = [], widths[0]
+        for i, w in enumerate(widths):
+            stages.append(_BasicBlock(cin, w, 1 if i == 0 else 2))
+            cin = w
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.out_dim = widths[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.stages(self.stem(x))).flatten(1)
+
+
+def small_resnet(in_channels: int = 3, arch: str = "resnet18") -> tuple[nn.Module, int]:
+    """Encoder for small images and its feature dimension.
+
+    ``arch="tiny"`` gives :class:`TinyResNet`; a torchvision name (``resnet18``, ``resnet34``,
+    ``resnet50``) gives that network with random weights, a 3x3 stride-1 stem, no max-pool (the
+    CIFAR variant of the SimCLR paper, Appendix B.9) and the classifier removed.
+    """
+    if arch == "tiny":
+        net = TinyResNet(in_channels)
+        return net, net.out_dim
+    if not hasattr(torchvision.models, arch) or not arch.startswith(
+        ("resnet", "wide_resnet", "resnext")
+    ):
+        raise UserInputError(
+            f"unknown encoder arch '{arch}'; use 'tiny' or a torchvision ResNet name such as 'resnet18'."
+        )
+    net = getattr(torchvision.models, arch)(weights=None)
+    net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+    net.maxpool = nn.Identity()
+    dim = net.fc.in_features
+    net.fc = nn.Identity()
+    return net, dim
+
+
+class SimCLR(nn.Module):
+    """Encoder + projector. ``forward(x1, x2) -> loss``; ``encoder`` is what downstream tasks use."""
+
+    def __init__(self, encoder: nn.Module, feat_dim: int, config: SimCLRConfig | None = None):
+        super().__init__()
+        self.config = config or SimCLRConfig()
+        self.encoder = encoder
+        self.projector = ProjectionHead(feat_dim, feat_dim, self.config.projection_dim)
+
+    def forward(
+        self, x1: torch.Tensor, x2: torch.Tensor, gather_distributed: bool = False
+    ) -> torch.Tensor:
+        z = self.projector(self.encoder(torch.cat([x1, x2])))
+        z1, z2 = z.chunk(2)
+        return nt_xent(z1, z2, self.config.temperature, gather_distributed=gather_distributed)
+
+
+def _device(device: torch.device | str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def train_simclr(
+    dataset: ImageTensorDataset,
+    config: SimCLRConfig | None = None,
+    device: torch.device | str | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    augment: nn.Module | None = None,
+) -> tuple[SimCLR, list[float]]:
+    """Train SimCLR on ``dataset.images`` (labels unused). Returns the model and per-step losses."""
+    cfg = config or SimCLRConfig()
+    device = _device(device)
+    torch.manual_seed(seed)
+    images = dataset.images
+    size = cfg.image_size or images.shape[-1]
+    encoder, dim = small_resnet(images.shape[1], cfg.arch)
+    model = SimCLR(encoder, dim, cfg).to(device)
+    augment = augment or TwoViewAugment(size, scale=cfg.crop_scale)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n = len(images)
+    bs = min(cfg.batch_size, n)
+    steps = max(1, n // bs)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps)
+    losses: list[float] = []
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    bar = tqdm(range(cfg.epochs), desc="simclr", disable=not progress, leave=False)
+    for _ in bar:
+        perm = torch.randperm(n, generator=g)
+        for s in range(steps):
+            x = images[perm[s * bs : (s + 1) * bs]].to(device, non_blocking=True)
+            x1, x2 = augment(x)
+            loss = model(x1, x2)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    return model, losses
+
+
+@torch.no_grad()
+def embed(
+    encoder: nn.Module,
+    images: torch.Tensor,
+    batch_size: int = 512,
+    device: torch.device | str | None = None,
+    size: int | None = None,
+) -> torch.Tensor:
+    """Frozen features (N, D) of ``images`` (N, C, H, W) in eval mode, on the CPU."""
+    device = _device(device) if device is not None else next(encoder.parameters()).device
+    was_training = encoder.training
+    encoder.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = images[i : i + batch_size].to(device)
+        if size is not None and x.shape[-1] != size:
+            x = nn.functional.interpolate(
+                x, size=(size, size), mode="bilinear", align_corners=False
+            )
+        out.append(encoder(x).float().cpu())
+    encoder.train(was_training)
+    return torch.cat(out)
+
+
+def evaluate_representation(
+    encoder: nn.Module,
+    train_set: ImageTensorDataset,
+    test_set: ImageTensorDataset,
+    device: torch.device | str | None = None,
+) -> dict[str, float]:
+    """kNN (k=200, t=0.1) and linear-probe accuracy of frozen features, plus effective rank of test features."""
+    ztr, zte = (
+        embed(encoder, train_set.images, device=device),
+        embed(encoder, test_set.images, device=device),
+    )
+    return {
+        "knn_acc": knn_accuracy(ztr, train_set.labels, zte, test_set.labels, k=min(200, len(ztr))),
+        "linear_acc": linear_probe(ztr, train_set.labels, zte, test_set.labels),
+        "effective_rank": effective_rank(zte),
+    }
+
+
+def stratified_split(
+    labels: torch.Tensor, test_fraction: float = 0.3, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    return train_test_split(
+        idx, test_size=test_fraction, stratify=labels.numpy(), random_state=seed
+    )
+
+
+def load_dataset(
+    data: str | None, size: int | None = None
+) -> tuple[ImageTensorDataset, ImageTensorDataset, str]:
+    """``None`` or ``"digits"``: scikit-learn digits (70/30 stratified split); ``"cifar10"``: the shared
+    subset (train batch / test batch); a ``.npz``/``.pt`` array file; a folder: CIFAR pickle batches or
+    class-per-folder images."""
+    from pathlib import Path
+
+    if data in (None, "digits"):
+        d = load_digits(size=size)
+        tr, te = stratified_split(d.labels)
+        return d.subset(tr), d.subset(te), "digits"
+    if data == "cifar10":
+        return load_cifar10(train=True), load_cifar10(train=False), "cifar10"
+    path = Path(data)
+    if not path.exists():
+        raise UserInputError(f"data path {path} does not exist.")
+    if path.suffix in (".npz", ".pt", ".pth"):
+        from plugins.data.arrays import load_array_file
+
+        d = load_array_file(path)
+        tr, te = stratified_split(d.labels)
+        return d.subset(tr), d.subset(te), str(path)
+    if (path / "cifar-10-batches-py").is_dir() or (path / "test_batch").exists():
+        return load_cifar10(path, train=True), load_cifar10(path, train=False), str(path)
+    d = load_image_folder(path, size=size or 64)
+    tr, te = stratified_split(d.labels)
+    return d.subset(tr), d.subset(te), str(path)
+
+
+def run(ctx: RunContext) -> dict[str, float]:
+    """``contrastive-plugins run simclr``: train, evaluate against random init, write plots and metrics."""
+    cfg = SimCLRConfig(
+        arch=ctx.option("arch", "tiny"), batch_size=int(ctx.option("batch_size", 256))
+    )
+    size = ctx.option("image_size", 16 if ctx.data in (None, "digits") else None)
+    train_set, test_set, data_name = load_dataset(ctx.data, size=size)
+    check_finite(train_set.images, f"images of {data_name}")
+    cfg.epochs = ctx.epochs or (8 if ctx.demo else cfg.epochs)
+    ctx.run_dir.save_config(
+        {
+            "method": "simclr",
+            "data": data_name,
+            "seed": ctx.seed,
+            "device": ctx.device,
+            **asdict(cfg),
+        }
+    )
+
+    torch.manual_seed(ctx.seed)
+    random_encoder, _ = small_resnet(train_set.images.shape[1], cfg.arch)
+    random_scores = evaluate_representation(random_encoder.to(ctx.device), train_set, test_set)
+
+    model, losses = train_simclr(train_set, cfg, ctx.device, ctx.seed, ctx.progress)
+    scores = evaluate_representation(model.encoder, train_set, test_set)
+    ctx.run_dir.save_checkpoint(
+        {
+            "encoder": model.encoder.state_dict(),
+            "projector": model.projector.state_dict(),
+            "config": asdict(cfg),
+        }
+    )
+
+    z_test = embed(model.encoder, test_set.images)
+    ctx.run_dir.plot_loss(losses)
+    ctx.run_dir.plot_spectrum(
+        {
+            "simclr": spectrum(z_test),
+            "random init": spectrum(embed(random_encoder, test_set.images)),
+        }
+    )
+    ctx.run_dir.plot_embedding(z_test, test_set.labels, title=f"SimCLR on {data_name} (test)")
+    metrics = {
+        **scores,
+        **{f"random_{k}": v for k, v in random_scores.items()},
+        "final_loss": losses[-1],
+    }
+    ctx.run_dir.save_metrics(metrics)
+    return metrics
+
+
+def reproduce(ctx: RunContext) -> dict[str, float]:
+    """SimCLR vs random init on digits (full budget) and on the CIFAR-10 subset when present."""
+    from plugins.data import shared_path
+    from plugins.reporting import RunDir
+
+    rows, out = [], {}
+    datasets = ["digits"] + (["cifar10"] if shared_path("cifar10", required=False) else [])
+    for name in datasets:
+        sub = RunContext(
+            "simclr",
+            RunDir(path=ctx.run_dir.path / name),
+            data=name,
+            epochs=ctx.epochs or (30 if name == "digits" else 15),
+            device=ctx.device,
+            seed=ctx.seed,
+            options=ctx.options,
+            progress=ctx.progress,
+        )
+        m = run(sub)
+        rows.append(
+            {
+                "data": name,
+                "knn_acc": m["knn_acc"],
+                "random_knn_acc": m["random_knn_acc"],
+                "linear_acc": m["linear_acc"],
+                "random_linear_acc": m["random_linear_acc"],
+                "effective_rank": m["effective_rank"],
+            }
+        )
+        out.update({f"{name}_{k}": v for k, v in m.items()})
+    ctx.run_dir.save_table(rows)
+    ctx.run_dir.save_metrics(out)
+    return out
