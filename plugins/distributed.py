@@ -28,16 +28,45 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward sums the gradient over ranks and keeps this rank's rows.
+
+    Written here rather than using ``torch.distributed.nn.functional.all_gather``: on gloo that one
+    emulates reduce-scatter with an all-to-all that silently mixes up non-contiguous gradients (e.g.
+    after a transpose of the gathered tensor), which gave wrong ``sup_con`` gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        x = x.contiguous()
+        ctx.n = x.shape[0]
+        out = [torch.empty_like(x) for _ in range(world_size())]
+        dist.all_gather(out, x)
+        return torch.cat(out, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.contiguous()
+        if dist.get_backend() in ("nccl", "xccl"):
+            local = torch.empty((ctx.n, *grad.shape[1:]), dtype=grad.dtype, device=grad.device)
+            dist.reduce_scatter_tensor(local, grad, op=dist.ReduceOp.SUM)
+            return local
+        # gloo/mpi: all-reduce a copy (never the incoming gradient in place), keep our rows
+        total = grad.clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        start = rank() * ctx.n
+        return total[start : start + ctx.n]
+
+
 def gather(x: torch.Tensor) -> torch.Tensor:
     """All-gather ``x`` (N, ...) from every rank along dim 0, with gradient.
 
+    Backward sums the gradient of the gathered tensor over ranks and returns this rank's rows.
     Returns ``x`` itself when not distributed. All ranks must pass the same shape.
     """
     if not is_distributed():
         return x
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+    return _GatherWithGrad.apply(x)
 
 
 @torch.no_grad()
@@ -48,6 +77,16 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     out = [torch.empty_like(x) for _ in range(world_size())]
     dist.all_gather(out, x.contiguous())
     return torch.cat(out, dim=0)
+
+
+@torch.no_grad()
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum of ``x`` over ranks, without gradient (counts, normalisers); ``x`` itself when not distributed."""
+    if not is_distributed():
+        return x
+    total = x.detach().clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total
 
 
 def local_slice(n_local: int) -> slice:

@@ -44,7 +44,9 @@ class ProjectionHead(nn.Module):
         dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
         for i in range(num_layers):
             last = i == num_layers - 1
-            layers.append(nn.Linear(dims[i], dims[i + 1], bias=bias and not (batch_norm and not last)))
+            layers.append(
+                nn.Linear(dims[i], dims[i + 1], bias=bias and not (batch_norm and not last))
+            )
             if not last:
                 if batch_norm:
                     layers.append(nn.BatchNorm1d(dims[i + 1]))
@@ -103,7 +105,9 @@ class FeatureQueue(nn.Module):
         """Insert ``keys`` (N, dim) (gathered over ranks); returns the slot indices written."""
         keys = D.gather_no_grad(keys.detach())
         if tags is None:
-            tags = torch.full((keys.shape[0] // D.world_size(),), -1, dtype=torch.long, device=keys.device)
+            tags = torch.full(
+                (keys.shape[0] // D.world_size(),), -1, dtype=torch.long, device=keys.device
+            )
         tags = D.gather_no_grad(tags.to(keys.device))
         n = keys.shape[0]
         if n > self.size:

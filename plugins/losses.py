@@ -44,6 +44,10 @@ def _no_autocast(x: torch.Tensor) -> torch.autocast:
     return torch.autocast(device_type=x.device.type, enabled=False)
 
 
+def _neg_inf(like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(float("-inf"), dtype=like.dtype, device=like.device)
+
+
 def _check_2d(name: str, x: torch.Tensor) -> None:
     if x.ndim != 2:
         raise ValueError(f"{name} must have shape (N, D), got {tuple(x.shape)}")
@@ -83,7 +87,9 @@ def nt_xent(
     _check_2d("z1", z1)
     _check_2d("z2", z2)
     if z1.shape != z2.shape:
-        raise ValueError(f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+        raise ValueError(
+            f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}"
+        )
     with _no_autocast(z1):
         z1n, z2n = _normalize(z1), _normalize(z2)
         n = z1n.shape[0]
@@ -93,21 +99,26 @@ def nt_xent(
         else:
             z1_all, z2_all, offset = z1n, z2n, 0
         n_all = z1_all.shape[0]
+        if not positive_in_denominator and n_all < 2:
+            raise ValueError(
+                "positive_in_denominator=False needs at least 2 samples (no negatives otherwise)"
+            )
         anchors = torch.cat([z1n, z2n])  # (2n, D)
         columns = torch.cat([z1_all, z2_all])  # (2n_all, D)
-        logits = anchors @ columns.T / temperature  # (2n, 2n_all)
+        # scaling the (2n, D) anchors instead of the (2n, 2n_all) product saves one full matrix
+        logits = (anchors / temperature) @ columns.T  # (2n, 2n_all)
 
         local = torch.arange(n, device=z1.device) + offset
         self_col = torch.cat([local, local + n_all])
         pos_col = torch.cat([local + n_all, local])
         rows = torch.arange(2 * n, device=z1.device)
+        # in place on the matmul output (its backward does not need it): no mask, no copy
+        logits.index_put_((rows, self_col), _neg_inf(logits))
+        if positive_in_denominator:
+            return F.cross_entropy(logits, pos_col)  # fused log-softmax: l_i = lse_i - s(i, p(i))/t
         positive = logits[rows, pos_col]
-        excluded = torch.zeros_like(logits, dtype=torch.bool)
-        excluded[rows, self_col] = True
-        if not positive_in_denominator:
-            excluded[rows, pos_col] = True
-        denominator = torch.logsumexp(logits.masked_fill(excluded, float("-inf")), dim=1)
-        return (denominator - positive).mean()
+        logits.index_put_((rows, pos_col), _neg_inf(logits))
+        return (torch.logsumexp(logits, dim=1) - positive).mean()
 
 
 def info_nce(
@@ -136,7 +147,9 @@ def info_nce(
     _check_2d("query", query)
     _check_2d("key", key)
     if query.shape != key.shape:
-        raise ValueError(f"query and key must have the same shape, got {tuple(query.shape)} and {tuple(key.shape)}")
+        raise ValueError(
+            f"query and key must have the same shape, got {tuple(query.shape)} and {tuple(key.shape)}"
+        )
     with _no_autocast(query):
         q, k = _normalize(query), _normalize(key)
         n = q.shape[0]
@@ -147,8 +160,12 @@ def info_nce(
         columns = k
         if negatives is not None:
             _check_2d("negatives", negatives)
+            if negatives.shape[1] != k.shape[1]:
+                raise ValueError(
+                    f"negatives must have shape (M, {k.shape[1]}) to match key, got {tuple(negatives.shape)}"
+                )
             columns = torch.cat([k, _normalize(negatives).to(k.dtype)])
-        logits = q @ columns.T / temperature
+        logits = (q / temperature) @ columns.T
         target = torch.arange(n, device=q.device) + offset
         return F.cross_entropy(logits, target)
 
@@ -178,7 +195,9 @@ def sup_con(
 
     Returns:
         Mean of ``l_i`` over anchors that have at least one positive. Anchors without a positive are
-        left out (never NaN); if no anchor has one, returns 0 still attached to the graph.
+        left out (never NaN); if no anchor has one, returns 0 still attached to the graph. With
+        ``gather_distributed`` the local sum is divided by the number of valid anchors averaged over
+        ranks, so DDP's gradient average equals the single-process gradient in every case.
     """
     if features.ndim != 3:
         raise ValueError(f"features must have shape (B, V, D), got {tuple(features.shape)}")
@@ -186,10 +205,14 @@ def sup_con(
         raise ValueError(f"contrast_mode must be 'all' or 'one', got {contrast_mode!r}")
     b, v, _ = features.shape
     if labels is None:
-        labels = torch.arange(b, device=features.device) + (D.rank() * b if gather_distributed else 0)
+        labels = torch.arange(b, device=features.device) + (
+            D.rank() * b if gather_distributed else 0
+        )
     labels = labels.reshape(-1)
     if labels.shape[0] != b:
-        raise ValueError(f"labels must have shape ({b},) to match features, got {tuple(labels.shape)}")
+        raise ValueError(
+            f"labels must have shape ({b},) to match features, got {tuple(labels.shape)}"
+        )
     with _no_autocast(features):
         f = _normalize(features)
         if gather_distributed:
@@ -201,29 +224,44 @@ def sup_con(
         # view-major stacking: row (view, sample)
         columns = f_all.transpose(0, 1).reshape(v * b_all, -1)
         column_labels = labels_all.repeat(v)
-        column_ids = torch.arange(b_all, device=f.device).repeat(v) + b_all * torch.arange(
-            v, device=f.device
-        ).repeat_interleave(b_all)
         n_anchor_views = v if contrast_mode == "all" else 1
         anchors = f[:, :n_anchor_views].transpose(0, 1).reshape(n_anchor_views * b, -1)
         anchor_labels = labels.repeat(n_anchor_views)
-        anchor_ids = (torch.arange(b, device=f.device) + offset).repeat(n_anchor_views) + b_all * torch.arange(
-            n_anchor_views, device=f.device
-        ).repeat_interleave(b)
+        rows = torch.arange(n_anchor_views * b, device=f.device)
+        # anchor (view a, sample i) is column a * b_all + offset + i
+        self_col = (
+            torch.arange(n_anchor_views, device=f.device)[:, None] * b_all
+            + offset
+            + torch.arange(b, device=f.device)
+        ).reshape(-1)
 
-        logits = anchors @ columns.T / temperature
-        is_self = anchor_ids[:, None] == column_ids[None, :]
-        positive = (anchor_labels[:, None] == column_labels[None, :]) & ~is_self
-        log_prob = logits - torch.logsumexp(logits.masked_fill(is_self, float("-inf")), dim=1, keepdim=True)
+        logits = (anchors / temperature) @ columns.T  # (A, C)
+        # drop self-contrast in place on the matmul output (its backward does not need it)
+        logits.index_put_((rows, self_col), _neg_inf(logits))
+        positive = anchor_labels[:, None] == column_labels[None, :]
+        positive[rows, self_col] = False
+        log_prob = F.log_softmax(logits, dim=1)  # fused; -inf (prob 0) at the self column
         n_pos = positive.sum(1)
-        has_pos = n_pos > 0
-        mean_log_prob_pos = (log_prob * positive).sum(1)[has_pos] / n_pos[has_pos]
-        if mean_log_prob_pos.numel() == 0:
-            return logits.sum() * 0.0
-        return -(temperature / base_temperature) * mean_log_prob_pos.mean()
+        # anchors without a positive have an all-False row: they add exactly 0 to the sum
+        mean_log_prob_pos = torch.where(positive, log_prob, 0.0).sum(1) / n_pos.clamp_min(1)
+        n_valid = (n_pos > 0).sum()
+        if gather_distributed:
+            # Divide by the number of valid anchors averaged over ranks (not the local count), so the
+            # mean over ranks equals the single-process mean even when ranks hold different numbers
+            # of anchors with a positive.
+            return (
+                -(temperature / base_temperature)
+                * mean_log_prob_pos.sum()
+                * D.world_size()
+                / D.all_reduce_sum(n_valid).clamp_min(1)
+            )
+        # no host sync: with no valid anchor the sum is 0 (still attached to the graph)
+        return -(temperature / base_temperature) * mean_log_prob_pos.sum() / n_valid.clamp_min(1)
 
 
-def margin_contrastive(embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+def margin_contrastive(
+    embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 1.0
+) -> torch.Tensor:
     """Margin-based contrastive loss (Hadsell, Chopra, LeCun, CVPR 2006, eq. 4).
 
     Mean over ordered pairs ``i != j`` of ``same * d^2 + (1 - same) * relu(margin - d)^2`` with ``d`` the
@@ -243,8 +281,10 @@ def margin_contrastive(embeddings: torch.Tensor, labels: torch.Tensor, margin: f
     with _no_autocast(embeddings):
         e = _full_precision(embeddings)
         d2 = (e[:, None, :] - e[None, :, :]).pow(2).sum(-1)
-        # clamp keeps sqrt's gradient finite for coincident points of different labels
-        d = d2.clamp_min(1e-12).sqrt()
+        # d = 0 exactly for coincident points, with a finite (zero) gradient there instead of sqrt's inf
+        d = torch.where(
+            d2 > 0, d2.clamp_min(torch.finfo(d2.dtype).tiny).sqrt(), torch.zeros_like(d2)
+        )
         labels = labels.reshape(-1)
         same = (labels[:, None] == labels[None, :]).to(e.dtype)
         pair = same * d2 + (1 - same) * F.relu(margin - d).pow(2)
@@ -255,14 +295,21 @@ def margin_contrastive(embeddings: torch.Tensor, labels: torch.Tensor, margin: f
 class NTXentLoss(nn.Module):
     """Module form of :func:`nt_xent`. ``forward(z1, z2)``."""
 
-    def __init__(self, temperature: float = 0.5, positive_in_denominator: bool = True, gather_distributed: bool = False):
+    def __init__(
+        self,
+        temperature: float = 0.5,
+        positive_in_denominator: bool = True,
+        gather_distributed: bool = False,
+    ):
         super().__init__()
         self.temperature = temperature
         self.positive_in_denominator = positive_in_denominator
         self.gather_distributed = gather_distributed
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-        return nt_xent(z1, z2, self.temperature, self.positive_in_denominator, self.gather_distributed)
+        return nt_xent(
+            z1, z2, self.temperature, self.positive_in_denominator, self.gather_distributed
+        )
 
 
 class InfoNCELoss(nn.Module):
@@ -273,7 +320,9 @@ class InfoNCELoss(nn.Module):
         self.temperature = temperature
         self.gather_distributed = gather_distributed
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, negatives: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, query: torch.Tensor, key: torch.Tensor, negatives: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return info_nce(query, key, self.temperature, negatives, self.gather_distributed)
 
 
@@ -294,7 +343,14 @@ class SupConLoss(nn.Module):
         self.gather_distributed = gather_distributed
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return sup_con(features, labels, self.temperature, self.base_temperature, self.contrast_mode, self.gather_distributed)
+        return sup_con(
+            features,
+            labels,
+            self.temperature,
+            self.base_temperature,
+            self.contrast_mode,
+            self.gather_distributed,
+        )
 
 
 class MarginContrastiveLoss(nn.Module):

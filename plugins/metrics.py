@@ -123,7 +123,11 @@ def hungarian_accuracy(labels: np.ndarray, clusters: np.ndarray) -> float:
 
 
 def cluster_scores(
-    z: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, n_clusters: int, method: str = "gmm", seed: int = 0
+    z: torch.Tensor | np.ndarray,
+    labels: torch.Tensor | np.ndarray,
+    n_clusters: int,
+    method: str = "gmm",
+    seed: int = 0,
 ) -> dict[str, float]:
     """Cluster ``z`` (N, D) with a Gaussian mixture (``"gmm"``) or k-means (``"kmeans"``) and score the
     partition against ``labels``: NMI, ARI, AMI and Hungarian accuracy (CLAWS's evaluation)."""
@@ -134,7 +138,9 @@ def cluster_scores(
     x = _to_numpy(z).astype(np.float64)
     y = _to_numpy(labels)
     if method == "gmm":
-        pred = GaussianMixture(n_components=n_clusters, covariance_type="full", reg_covar=1e-4, random_state=seed).fit_predict(x)
+        pred = GaussianMixture(
+            n_components=n_clusters, covariance_type="full", reg_covar=1e-4, random_state=seed
+        ).fit_predict(x)
     elif method == "kmeans":
         pred = KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(x)
     else:
@@ -147,9 +153,14 @@ def cluster_scores(
     }
 
 
-def confusion_matrix(target: torch.Tensor, pred: torch.Tensor, num_classes: int, ignore_index: int | None = None) -> torch.Tensor:
+def confusion_matrix(
+    target: torch.Tensor, pred: torch.Tensor, num_classes: int, ignore_index: int | None = None
+) -> torch.Tensor:
     """Confusion matrix ``[true, pred]`` (int64) by one ``bincount``; ``ignore_index`` pixels dropped."""
-    target, pred = _to_tensor(target).reshape(-1).long(), _to_tensor(pred).reshape(-1).long().to(_to_tensor(target).device)
+    target, pred = (
+        _to_tensor(target).reshape(-1).long(),
+        _to_tensor(pred).reshape(-1).long().to(_to_tensor(target).device),
+    )
     keep = (target >= 0) & (target < num_classes)
     if ignore_index is not None:
         keep &= target != ignore_index
@@ -184,11 +195,15 @@ def segmentation_scores(confusion: torch.Tensor | np.ndarray) -> dict[str, float
     }
 
 
-def dice_per_class(pred: torch.Tensor, target: torch.Tensor, num_classes: int, include_background: bool = False) -> torch.Tensor:
+def dice_per_class(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, include_background: bool = False
+) -> torch.Tensor:
     """Dice per class (C,) from integer label maps of equal shape; NaN where a class is in neither."""
     pred, target = _to_tensor(pred).long(), _to_tensor(target).long()
     if pred.shape != target.shape:
-        raise ValueError(f"pred and target must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
+        raise ValueError(
+            f"pred and target must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
     cm = confusion_matrix(target, pred, num_classes).double()
     tp = cm.diag()
     denom = cm.sum(0) + cm.sum(1)
@@ -196,7 +211,9 @@ def dice_per_class(pred: torch.Tensor, target: torch.Tensor, num_classes: int, i
     return dice if include_background else dice[1:]
 
 
-def binary_scores(scores: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+def binary_scores(
+    scores: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray, threshold: float = 0.5
+) -> dict[str, float]:
     """Binary metrics: ROC-AUC from continuous ``scores``; F1, precision, recall and balanced accuracy
     from ``scores >= threshold``.
 
@@ -205,7 +222,10 @@ def binary_scores(scores: torch.Tensor | np.ndarray, target: torch.Tensor | np.n
     """
     from sklearn import metrics
 
-    s, y = _to_numpy(scores).astype(np.float64).reshape(-1), _to_numpy(target).astype(np.int64).reshape(-1)
+    s, y = (
+        _to_numpy(scores).astype(np.float64).reshape(-1),
+        _to_numpy(target).astype(np.int64).reshape(-1),
+    )
     pred = (s >= threshold).astype(np.int64)
     auc = float(metrics.roc_auc_score(y, s)) if len(np.unique(y)) == 2 else float("nan")
     return {

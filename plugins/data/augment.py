@@ -70,7 +70,8 @@ class TwoViewAugment(nn.Module):
     Ops, each with per-sample random parameters: random resized crop to ``size``, horizontal flip,
     per-channel brightness/contrast jitter (with probability ``p_jitter``; for C == 3 also saturation
     towards the grey value), grayscale (channel mean broadcast, ``p_gray``), Gaussian blur (``p_blur``).
-    ``forward(x)`` returns two independently augmented views.
+    ``forward(x)`` returns two independently augmented views. Integer (uint8) input is scaled to
+    [0, 1] first.
 
     Args:
         size: output side length.
@@ -99,11 +100,15 @@ class TwoViewAugment(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"expected a batch (N, C, H, W), got shape {tuple(x.shape)}")
         n, c = x.shape[:2]
-        dev, dt = x.device, x.dtype if x.is_floating_point() else torch.float32
-        x = x.to(dt)
+        dev = x.device
+        if not x.is_floating_point():  # uint8 images: 0..255 -> [0, 1]
+            x = x.float() / 255
+        dt = x.dtype
         boxes = random_resized_crop_params(n, self.scale, device=dev).to(dt)
         flip = torch.rand(n, device=dev) < self.p_flip
-        grid = F.affine_grid(crop_theta(boxes, flip), [n, c, self.size, self.size], align_corners=False)
+        grid = F.affine_grid(
+            crop_theta(boxes, flip), [n, c, self.size, self.size], align_corners=False
+        )
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
         s = 0.8 * self.strength
@@ -111,7 +116,7 @@ class TwoViewAugment(nn.Module):
         brightness = 1 + s * (2 * torch.rand(n, c, 1, 1, device=dev, dtype=dt) - 1)
         contrast = 1 + s * (2 * torch.rand(n, c, 1, 1, device=dev, dtype=dt) - 1)
         mean = x.mean(dim=(2, 3), keepdim=True)
-        y = ((x * brightness - mean) * contrast + mean)
+        y = (x * brightness - mean) * contrast + mean
         if c == 3:
             sat = 1 + s * (2 * torch.rand(n, 1, 1, 1, device=dev, dtype=dt) - 1)
             gray = y.mean(1, keepdim=True)

@@ -60,7 +60,9 @@ class ImageTensorDataset(Dataset):
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4:
-            raise UserInputError(f"images must be (N, C, H, W), got shape {tuple(self.images.shape)}.")
+            raise UserInputError(
+                f"images must be (N, C, H, W), got shape {tuple(self.images.shape)}."
+            )
         if len(self.images) != len(self.labels):
             raise UserInputError(f"{len(self.images)} images but {len(self.labels)} labels.")
 
@@ -98,11 +100,17 @@ def load_digits(size: int | None = None) -> ImageTensorDataset:
     d = _load()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
     if size is not None and size != 8:
-        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
-    return ImageTensorDataset(x, torch.tensor(d.target, dtype=torch.long), [str(i) for i in range(10)])
+        x = torch.nn.functional.interpolate(
+            x, size=(size, size), mode="bilinear", align_corners=False
+        ).clamp(0, 1)
+    return ImageTensorDataset(
+        x, torch.tensor(d.target, dtype=torch.long), [str(i) for i in range(10)]
+    )
 
 
-def load_cifar10(root: str | Path | None = None, train: bool = True, limit: int | None = None) -> ImageTensorDataset:
+def load_cifar10(
+    root: str | Path | None = None, train: bool = True, limit: int | None = None
+) -> ImageTensorDataset:
     """CIFAR-10 from python pickle batches (``data_batch_*``, ``test_batch``).
 
     Reads whichever ``data_batch_*`` files exist (the shared subset holds only ``data_batch_1``).
@@ -122,7 +130,9 @@ def load_cifar10(root: str | Path | None = None, train: bool = True, limit: int 
     files = sorted(root.glob("data_batch_*")) if train else [root / "test_batch"]
     files = [f for f in files if f.exists()]
     if not files:
-        raise UserInputError(f"no CIFAR-10 {'data_batch_*' if train else 'test_batch'} file in {root}.")
+        raise UserInputError(
+            f"no CIFAR-10 {'data_batch_*' if train else 'test_batch'} file in {root}."
+        )
     xs, ys = [], []
     for f in files:
         with open(f, "rb") as fh:
@@ -146,7 +156,9 @@ def load_cifar10(root: str | Path | None = None, train: bool = True, limit: int 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
-def load_image_folder(root: str | Path, size: int = 64, channels: int = 3, limit_per_class: int | None = None) -> ImageTensorDataset:
+def load_image_folder(
+    root: str | Path, size: int = 64, channels: int = 3, limit_per_class: int | None = None
+) -> ImageTensorDataset:
     """Class-per-folder images (``root/<class>/<image>``), resized to ``size`` x ``size``.
 
     Grayscale and RGBA files are converted to ``channels`` (1 or 3). Unreadable files raise an error
@@ -157,7 +169,8 @@ def load_image_folder(root: str | Path, size: int = 64, channels: int = 3, limit
     root = Path(root)
     if not root.is_dir():
         raise UserInputError(f"image folder {root} does not exist.")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    # hidden folders (.ipynb_checkpoints, .DS_Store-like) are never classes
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise UserInputError(f"image folder {root} has no class sub-folders.")
     mode = {1: "L", 3: "RGB"}.get(channels)
@@ -178,6 +191,8 @@ def load_image_folder(root: str | Path, size: int = 64, channels: int = 3, limit
             xs.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
             ys.append(label)
     if not xs:
-        raise UserInputError(f"image folder {root} has no images ({', '.join(sorted(IMAGE_SUFFIXES))}).")
+        raise UserInputError(
+            f"image folder {root} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})."
+        )
     x = torch.from_numpy(np.stack(xs)).float() / 255.0
     return ImageTensorDataset(x, torch.tensor(ys, dtype=torch.long), classes)
