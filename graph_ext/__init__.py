@@ -1,0 +1,36 @@
+"""ARIEL (Feng et al., WWW 2022) and its GRACE baseline on PyTorch Geometric.
+
+Imports are lazy (module ``__getattr__``) so that loading the registry entry (``graph_ext.spec``)
+never imports torch_geometric.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ARIEL": "graph_ext.model",
+    "ARIELConfig": "graph_ext.config",
+    "grace_loss": "graph_ext.loss",
+    "info_regularizer": "graph_ext.loss",
+    "pgd_adversarial_view": "graph_ext.attack",
+    "project_capped_simplex": "graph_ext.attack",
+    "normalized_adjacency": "graph_ext.adjacency",
+    "evaluate_node_embeddings": "graph_ext.evaluate",
+    "load_graph": "graph_ext.data",
+    "prepare_graph": "graph_ext.data",
+    "train": "graph_ext.train",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'graph_ext' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

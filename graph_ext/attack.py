@@ -1,0 +1,168 @@
+"""ARIEL's adversarial view: projected gradient ascent on edge flips and features
+(Feng et al., WWW 2022, Sec. 4.2, eq. 5-8; the edge attack is Xu et al.'s PGD topology attack,
+IJCAI 2019, with its bisection projection).
+
+The attack maximises the contrastive loss between the (fixed) view-1 embedding and the perturbed
+clean subgraph while the encoder is frozen: gradients are taken only with respect to the flip
+variables and the feature perturbation (``torch.autograd.grad``), so no parameter ``.grad`` is
+touched and no ``requires_grad`` toggling is needed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from graph_ext.adjacency import normalize_dense
+from graph_ext.loss import grace_loss
+from graph_ext.model import ARIEL
+
+__all__ = ["AdversarialView", "flip_edges", "pgd_adversarial_view", "project_capped_simplex"]
+
+
+class AdversarialView(NamedTuple):
+    """Result of :func:`pgd_adversarial_view`.
+
+    Attributes:
+        adj: (n, n) 0/1 perturbed adjacency (symmetric, zero diagonal), not normalised.
+        x: (n, F) perturbed features ``X + delta``.
+        flip_probs: (n(n-1)/2,) continuous flip variables S over the upper triangle (row-major
+            ``torch.triu_indices(n, n, 1)`` order), after the last projection.
+        delta: (n, F) feature perturbation, ``|delta| <= feature_eps``.
+    """
+
+    adj: torch.Tensor
+    x: torch.Tensor
+    flip_probs: torch.Tensor
+    delta: torch.Tensor
+
+
+def project_capped_simplex(s: torch.Tensor, budget: float, iters: int = 32) -> torch.Tensor:
+    """Euclidean projection onto ``{0 <= s <= 1, sum(s) <= budget}`` (Xu et al., IJCAI 2019, eq. 9).
+
+    If clipping to [0, 1] already meets the budget that is the projection; otherwise the answer is
+    ``clamp(s - mu, 0, 1)`` with ``mu`` the root of ``sum(clamp(s - mu, 0, 1)) = budget``, found by
+    bisection. The bisection runs a fixed number of halvings with ``torch.where`` so that it never
+    syncs with the host; the upper end is returned, so the sum never exceeds the budget and a second
+    projection returns its input unchanged.
+
+    Args:
+        s: any shape; the constraint is on the sum of all entries.
+        budget: the cap on the sum (>= 0).
+        iters: halvings of the initial bracket ``[min(s) - 1, max(s)]``.
+
+    Returns:
+        Tensor shaped like ``s``.
+    """
+    if budget < 0:
+        raise ValueError(f"budget must be >= 0, got {budget}")
+    clipped = s.clamp(0.0, 1.0)
+    if s.numel() == 0:
+        return clipped
+    lo, hi = s.min() - 1.0, s.max()  # sum(clamp(s - lo)) = numel >= budget, sum(clamp(s - hi)) = 0
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        over = (s - mid).clamp(0.0, 1.0).sum() > budget
+        lo = torch.where(over, mid, lo)
+        hi = torch.where(over, hi, mid)
+    projected = (s - hi).clamp(0.0, 1.0)
+    return torch.where(clipped.sum() > budget, projected, clipped)
+
+
+def flip_edges(adj: torch.Tensor, flips: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """``A + S * (11^T - 2A - I)`` with S the symmetric matrix whose upper triangle is ``flips``.
+
+    Args:
+        adj: (n, n) symmetric 0/1 adjacency with zero diagonal.
+        flips: (m,) values in [0, 1] for the ``upper`` pairs (continuous or 0/1).
+        upper: (2, m) ``torch.triu_indices(n, n, 1)``.
+    """
+    n = adj.shape[0]
+    s = torch.zeros(n, n, dtype=adj.dtype, device=adj.device).index_put(
+        (upper[0], upper[1]), flips.to(adj.dtype)
+    )
+    s = s + s.T
+    complement = 1.0 - 2.0 * adj - torch.eye(n, dtype=adj.dtype, device=adj.device)
+    return adj + s * complement
+
+
+def _sample_within_budget(
+    probs: torch.Tensor, budget: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Bernoulli(S) flips; if a draw exceeds the budget, keep its ``budget`` most likely flips."""
+    flips = torch.bernoulli(probs, generator=generator)
+    k = int(math.floor(budget + 1e-6))
+    if int(flips.sum()) > k:  # rare: E[sum] <= budget; one host sync per attack
+        score = torch.where(flips > 0, probs, torch.full_like(probs, -1.0))
+        keep = score.topk(k).indices
+        flips = torch.zeros_like(flips).index_fill(0, keep, 1.0)
+    return flips
+
+
+def pgd_adversarial_view(
+    model: ARIEL,
+    view1: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+    graph: tuple[torch.Tensor, torch.Tensor],
+    steps: int = 5,
+    edge_budget: float = 0.0,
+    alpha: float = 200.0,
+    beta: float = 0.01,
+    feature_eps: float = 0.04,
+    temperature: float | None = None,
+    generator: torch.Generator | None = None,
+) -> AdversarialView:
+    """Adversarial view of ``graph`` against ``view1`` by T steps of PGD (ARIEL, Sec. 4.2).
+
+    Each step takes the gradient of ``grace_loss(z1, z_adv)`` with respect to the continuous flip
+    variables S and the feature perturbation delta, then::
+
+        S     <- Proj_{0<=S<=1, sum S<=budget}(S + alpha / sqrt(t + 1) * grad_S)
+        delta <- clamp(delta + beta * sign(grad_delta), -feature_eps, feature_eps)
+
+    and finally draws discrete flips from Bernoulli(S). The view-1 embedding is computed once, not
+    per step (it does not depend on S or delta).
+
+    Args:
+        model: the ARIEL model (treated as frozen; its parameters get no gradient).
+        view1: the (n, h) projected view-1 embedding (detached here), or ``(x1, adj1_normalised)``
+            to compute it.
+        graph: ``(adj, x)``: the clean subgraph's (n, n) symmetric 0/1 adjacency with zero diagonal
+            and its (n, F) features.
+        steps: T.
+        edge_budget: maximum number of flipped node pairs (ARIEL: 20% of the undirected edges).
+        alpha: edge step size.
+        beta: feature step size.
+        feature_eps: L-infinity bound on delta.
+        temperature: loss temperature (default: ``model.config.temperature``).
+        generator: RNG for the Bernoulli draw.
+
+    Returns:
+        :class:`AdversarialView` ``(adj, x, flip_probs, delta)``.
+    """
+    adj, x = graph
+    n = adj.shape[0]
+    if adj.shape != (n, n) or x.shape[0] != n:
+        raise ValueError(
+            f"graph must be (adj (n, n), x (n, F)), got {tuple(adj.shape)} and {tuple(x.shape)}"
+        )
+    temperature = model.config.temperature if temperature is None else temperature
+    with torch.no_grad():
+        z1 = view1 if isinstance(view1, torch.Tensor) else model.embed_projected(*view1)
+    z1 = z1.detach()
+    upper = torch.triu_indices(n, n, 1, device=adj.device)
+    s = torch.zeros(upper.shape[1], dtype=adj.dtype, device=adj.device)
+    delta = torch.zeros_like(x)
+    for t in range(steps):
+        s.requires_grad_(True)
+        delta.requires_grad_(True)
+        adj_p = normalize_dense(flip_edges(adj, s, upper))
+        loss = grace_loss(z1, model.embed_projected(x + delta, adj_p), temperature)
+        grad_s, grad_d = torch.autograd.grad(loss, [s, delta])
+        with torch.no_grad():
+            s = project_capped_simplex(s + alpha / math.sqrt(t + 1) * grad_s, edge_budget)
+            delta = (delta + beta * grad_d.sign()).clamp(-feature_eps, feature_eps)
+    s, delta = s.detach(), delta.detach()
+    flips = _sample_within_budget(s, edge_budget, generator)
+    return AdversarialView(flip_edges(adj, flips, upper), x + delta, s, delta)
