@@ -50,11 +50,11 @@ def _device(name: str | None) -> Any:
 def _context(spec: MethodSpec, args: argparse.Namespace, demo: bool) -> Any:
     from plugins.reporting import RunContext, RunDir
 
-    if (
-        args.data is not None
-        and args.data not in ("digits", "cifar10")
-        and not Path(args.data).exists()
-    ):
+    # names without a path separator ("digits", "cora", ...) are data-set names the method resolves
+    looks_like_path = args.data is not None and (
+        "/" in args.data or "\\" in args.data or args.data.startswith(".")
+    )
+    if looks_like_path and not Path(args.data).exists():
         raise UserInputError(f"data path {args.data} does not exist.")
     return RunContext(
         method=spec.name,
