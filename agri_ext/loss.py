@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from plugins import distributed as D
-from plugins.losses import _check_2d, _no_autocast, _normalize
+from plugins.losses import nt_xent
 
 __all__ = ["within_class_nt_xent", "WithinClassNTXentLoss"]
 
@@ -38,36 +37,12 @@ def within_class_nt_xent(
     Returns:
         Scalar mean of ``l_i`` over the (local) 2N anchors.
     """
-    _check_2d("z1", z1)
-    _check_2d("z2", z2)
-    if z1.shape != z2.shape:
-        raise ValueError(
-            f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}"
-        )
     labels = labels.reshape(-1)
-    n = z1.shape[0]
-    if labels.shape[0] != n:
-        raise ValueError(f"labels must have shape ({n},) to match z1, got {tuple(labels.shape)}")
-    with _no_autocast(z1):
-        local = torch.cat([_normalize(z1), _normalize(z2)])  # (2n, D): view-major
-        if gather_distributed:
-            # columns ordered as [all ranks' view 1, all ranks' view 2]
-            cols = torch.cat([D.gather(local[:n]), D.gather(local[n:])])
-            col_labels = D.gather_no_grad(labels)
-            first = D.rank() * n
-        else:
-            cols, col_labels, first = local, labels, 0
-        n_all = cols.shape[0] // 2
-        sim = local @ cols.T / temperature  # (2n, 2n_all)
-        sample = torch.arange(n, device=z1.device) + first
-        own = torch.cat([sample, sample + n_all])  # each anchor's own column
-        partner = torch.cat([sample + n_all, sample])  # its other view
-        anchor_labels = labels.repeat(2)
-        same_class = anchor_labels[:, None] == col_labels.repeat(2)[None, :]
-        same_class[torch.arange(2 * n, device=z1.device), own] = False
-        log_denominator = torch.logsumexp(sim.masked_fill(~same_class, float("-inf")), dim=1)
-        positive = sim.gather(1, partner[:, None]).squeeze(1)
-        return (log_denominator - positive).mean()
+    if labels.shape[0] != z1.shape[0]:
+        raise ValueError(
+            f"labels must have shape ({z1.shape[0]},) to match z1, got {tuple(labels.shape)}"
+        )
+    return nt_xent(z1, z2, temperature, gather_distributed=gather_distributed, labels=labels)
 
 
 class WithinClassNTXentLoss(nn.Module):

@@ -59,6 +59,7 @@ def nt_xent(
     temperature: float = 0.5,
     positive_in_denominator: bool = True,
     gather_distributed: bool = False,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """SimCLR's NT-Xent loss over 2N anchors (Chen et al., ICML 2020, eq. 1).
 
@@ -76,6 +77,8 @@ def nt_xent(
         temperature: t.
         positive_in_denominator: keep the positive in the log-sum-exp (standard SimCLR).
         gather_distributed: contrast against every rank's samples (see module docstring).
+        labels: optional (N,) classes; each anchor's sum then runs only over views of its own class
+            (CLAWS's within-class contrast, Herrera-Gerena et al. 2021). The positive always stays.
 
     Returns:
         Scalar mean of ``l_i`` over the (local) 2N anchors.
@@ -114,6 +117,12 @@ def nt_xent(
         rows = torch.arange(2 * n, device=z1.device)
         # in place on the matmul output (its backward does not need it): no mask, no copy
         logits.index_put_((rows, self_col), _neg_inf(logits))
+        if labels is not None:
+            labels = labels.reshape(-1)
+            labels_all = D.gather_no_grad(labels) if gather_distributed else labels
+            logits.masked_fill_(
+                labels.repeat(2)[:, None] != labels_all.repeat(2)[None, :], float("-inf")
+            )
         if positive_in_denominator:
             return F.cross_entropy(logits, pos_col)  # fused log-softmax: l_i = lse_i - s(i, p(i))/t
         positive = logits[rows, pos_col]
