@@ -1,0 +1,214 @@
+"""Dataset condensation by gradient matching: DC (Zhao, Mopuri & Bilen, "Dataset Condensation with
+Gradient Matching", ICLR 2021) and DCC (Lee, Chun, Jung, Yun & Yoon, "Dataset Condensation with
+Contrastive Signals", ICML 2022), with DSA augmentation (Zhao & Bilen, ICML 2021).
+
+``condense`` learns ``ipc`` images per class. Every outer iteration draws a fresh ConvNet; the inner
+loop alternates (a) one SGD step on the synthetic images that makes the network's gradient on them
+match its gradient on real images, and (b) a few epochs of training the network on the synthetic set.
+DC matches class by class (:func:`dc_matching_loss`); DCC matches the all-class gradient
+(:func:`dcc_matching_loss`) after a bi-level warm-up of DC steps (:func:`use_contrastive`).
+
+Files: ``dcc_model`` (ConvNet), ``dcc_dsa`` (augmentation), ``dcc_match`` (distances, objectives,
+schedules), ``dcc_eval`` (evaluation, NTK diagnostic), ``dcc_data`` (SyntheticSet), ``dcc_run``
+(the ``contrastive-plugins`` functions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from plugins.data import ImageTensorDataset, check_finite
+from plugins.errors import UserInputError
+from plugins.methods.dcc_data import SyntheticSet, channel_stats, group_by_class
+from plugins.methods.dcc_dsa import DSAConfig
+from plugins.methods.dcc_dsa import dsa as dsa_augment
+from plugins.methods.dcc_eval import (
+    EvalConfig,
+    empirical_ntk,
+    evaluate_synthetic,
+    kernel_distance,
+    kernel_velocity,
+)
+from plugins.methods.dcc_match import (
+    dc_matching_loss,
+    dcc_matching_loss,
+    gradient_match_distance,
+    loops_for_ipc,
+    use_contrastive,
+)
+from plugins.methods.dcc_model import ConvNet
+
+__all__ = [
+    "DCCConfig",
+    "SyntheticSet",
+    "ConvNet",
+    "EvalConfig",
+    "condense",
+    "gradient_match_distance",
+    "evaluate_synthetic",
+    "empirical_ntk",
+    "kernel_distance",
+    "kernel_velocity",
+    "loops_for_ipc",
+    "use_contrastive",
+]
+
+METHODS = ("dcc", "dc", "random")
+
+
+@dataclass
+class DCCConfig:
+    """Condensation settings; defaults are the papers' (DC Sec. 4 / DCC Sec. 5 and their appendices)."""
+
+    outer_iters: int = 1000  # DC and DCC: 1,000 outer iterations
+    batch_real: int = 256  # DC / DCC: 256 real images per class per matching step
+    lr_img: float = 0.1  # DC / DCC: SGD on the synthetic images
+    momentum_img: float = 0.5  # DC / DCC
+    lr_net: float = 0.01  # DC / DCC: network updates inside the loop (plain SGD)
+    batch_train: int = 256  # DC / DCC: batch of the network updates on the synthetic set
+    inner_loops: int | None = None  # None: from the ipc table (loops_for_ipc)
+    net_epochs: int | None = None  # None: from the ipc table
+    warmup_outer: int | None = None  # DCC: 250 (of 1,000); None scales 250/1000 to outer_iters
+    warmup_inner: int = 10  # DCC: contrastive from the 10th image update of an outer iteration on
+    dsa: bool = True  # DSA augmentation in matching and network updates
+    init: str = "real"  # "real" (random real images of the class) or "noise" (standard normal)
+    width: int = 128  # ConvNet-3 width
+    depth: int = 3  # ConvNet-3
+
+    def resolved_warmup_outer(self) -> int:
+        if self.warmup_outer is not None:
+            return self.warmup_outer
+        return int(250 * self.outer_iters / 1000 + 0.5)
+
+
+def _sample_real(groups: list[torch.Tensor], batch: int, gen: torch.Generator) -> torch.Tensor:
+    """(K, B, C, H, W): B random distinct real images of every class (B = min(batch, smallest class))."""
+    b = min(batch, min(len(g) for g in groups))
+    # a loop over classes for index draws only; the images are gathered in one stack
+    return torch.stack([g[torch.randperm(len(g), generator=gen)[:b].to(g.device)] for g in groups])
+
+
+def _train_net_epochs(
+    net: ConvNet,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epochs: int,
+    batch: int,
+    dsa_cfg: DSAConfig | None,
+    gen: torch.Generator,
+) -> None:
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=gen).split(batch):
+            xb = x[idx]
+            if dsa_cfg is not None:
+                xb = dsa_augment(xb, dsa_cfg, gen)
+            loss = F.cross_entropy(net(xb), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+
+def condense(
+    dataset: ImageTensorDataset,
+    ipc: int,
+    method: str = "dcc",
+    dsa: bool = True,
+    outer_iters: int = 1000,
+    config: DCCConfig | None = None,
+    device: torch.device | str | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    callback: Callable[[int, SyntheticSet], None] | None = None,
+) -> SyntheticSet:
+    """Condense ``dataset`` into ``ipc`` images per class.
+
+    Args:
+        dataset: real images (N, C, H, W) in [0, 1] with labels; every class needs an image.
+        ipc: images per class.
+        method: ``"dcc"`` (contrastive, with warm-up), ``"dc"`` (class-wise) or ``"random"``
+            (random real images: the selection baseline, no optimisation).
+        dsa: use DSA augmentation (overrides ``config.dsa``).
+        outer_iters: outer iterations, each with a fresh network (overrides ``config.outer_iters``).
+        config: other settings (:class:`DCCConfig`).
+        device: where to compute (default CUDA when available).
+        callback: called as ``callback(outer_iter, synthetic)`` after every outer iteration.
+
+    Returns:
+        :class:`SyntheticSet` with images in the normalised space of ``dataset``.
+    """
+    if method not in METHODS:
+        raise UserInputError(f"method must be one of {METHODS}, got {method!r}.")
+    cfg = replace(config or DCCConfig(), dsa=dsa, outer_iters=outer_iters)
+    table_inner, table_epochs = loops_for_ipc(ipc)
+    inner = cfg.inner_loops or table_inner
+    net_epochs = table_epochs if cfg.net_epochs is None else cfg.net_epochs
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    check_finite(dataset.images, "condensation input images")
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+
+    k = dataset.num_classes
+    mean, std = channel_stats(dataset.images)
+    norm = (dataset.images - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    groups = [g.to(dev) for g in group_by_class(norm, dataset.labels, k)]
+    c, h, w = norm.shape[1:]
+    if h != w:
+        raise UserInputError(f"images must be square for the ConvNet, got {h}x{w}.")
+
+    if cfg.init == "real" or method == "random":
+        # with replacement only when a class has fewer than ipc images
+        syn = torch.stack(
+            [
+                g[torch.randperm(len(g), generator=gen)[:ipc].to(dev)]
+                if len(g) >= ipc
+                else g[torch.randint(len(g), (ipc,), generator=gen).to(dev)]
+                for g in groups
+            ]
+        )
+    elif cfg.init == "noise":
+        syn = torch.randn(k, ipc, c, h, w, generator=gen).to(dev)
+    else:
+        raise UserInputError(f"init must be 'real' or 'noise', got {cfg.init!r}.")
+    labels = torch.arange(k).repeat_interleave(ipc)
+    result = SyntheticSet(
+        syn.flatten(0, 1).detach(), labels.to(dev), mean, std, dataset.classes, method
+    )
+    if method == "random":
+        return result
+
+    syn = syn.clone().requires_grad_(True)
+    opt_img = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum_img)
+    dsa_cfg = DSAConfig() if cfg.dsa else None
+    warm_outer = cfg.resolved_warmup_outer()
+    y_syn = labels.to(dev)
+    for it in tqdm(range(cfg.outer_iters), desc=f"condense {method}", disable=not progress):
+        net = ConvNet(c, k, h, cfg.width, cfg.depth).to(dev).train()
+        opt_net = torch.optim.SGD(net.parameters(), lr=cfg.lr_net)
+        total = 0.0
+        for ol in range(inner):
+            real = _sample_real(groups, cfg.batch_real, gen)
+            contrastive = method == "dcc" and use_contrastive(it, ol, warm_outer, cfg.warmup_inner)
+            objective = dcc_matching_loss if contrastive else dc_matching_loss
+            loss = objective(net, real, syn, dsa_cfg, gen)
+            opt_img.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_img.step()
+            total += float(loss.detach())
+            result.contrastive_steps += int(contrastive)
+            if ol == inner - 1:
+                break  # the last image update needs no further network training
+            _train_net_epochs(
+                net, opt_net, syn.detach().flatten(0, 1), y_syn, net_epochs,
+                cfg.batch_train, dsa_cfg, gen,
+            )  # fmt: skip
+        result.losses.append(total / inner)
+        result.images = syn.detach().flatten(0, 1).clone()
+        if callback is not None:
+            callback(it, result)
+    return result

@@ -1,0 +1,241 @@
+"""``contrastive-plugins run|reproduce hcsc``: training on the embedded digits or CIFAR-10, plots,
+and the HCSC vs MoCo v2 vs SimCLR reproduction on the shared CIFAR-10 subset."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, replace
+
+import numpy as np
+import torch
+
+from plugins.data import ImageTensorDataset, check_finite
+from plugins.methods.hcsc_kmeans import scaled_cluster_sizes
+from plugins.methods.hcsc_model import HCSCConfig
+from plugins.methods.hcsc_train import TrainHistory, train_hcsc
+from plugins.metrics import spectrum
+from plugins.reporting import RunContext, RunDir
+
+__all__ = ["run", "reproduce", "cpu_config"]
+
+
+def _tuple(value: object) -> tuple[int, ...]:
+    if isinstance(value, str):
+        value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
+    return tuple(int(v) for v in value)  # type: ignore[union-attr]
+
+
+def cpu_config(ctx: RunContext, num_samples: int, epochs: int) -> HCSCConfig:
+    """The paper's config scaled to a small data set and a CPU budget (every change is named here).
+
+    queue <= N/2 (16,384 is larger than our data sets), cluster sizes N/40 : N/60 : N/120
+    (paper's 3:2:1), EMA momentum 0.99 (0.999 barely moves the key encoder in a few hundred steps),
+    warm-up a quarter of the epochs (paper: 20 of 200), Adam (as the SimCLR row) unless
+    ``--set optimizer=sgd``, one k-means restart.
+    """
+    base = HCSCConfig()
+    opt = ctx.options
+    sizes = opt.get("cluster_sizes")
+    return replace(
+        base,
+        epochs=epochs,
+        warmup_epochs=int(opt.get("warmup_epochs", max(1, epochs // 4))),
+        batch_size=int(opt.get("batch_size", 256)),
+        queue_size=int(opt.get("queue_size", min(base.queue_size, num_samples // 2))),
+        momentum=float(opt.get("momentum", 0.99)),
+        cluster_sizes=_tuple(sizes) if sizes is not None else scaled_cluster_sizes(num_samples),
+        kmeans_restarts=int(opt.get("kmeans_restarts", 1)),
+        optimizer=str(opt.get("optimizer", "adam")),
+        arch=str(opt.get("arch", "tiny")),
+        multi_crop=bool(opt.get("multi_crop", False)),
+        reference_semantics=bool(opt.get("reference_semantics", False)),
+        image_size=opt.get("image_size"),
+    )
+
+
+def _plots(
+    rd: RunDir,
+    hist: TrainHistory,
+    z_test: torch.Tensor,
+    labels: torch.Tensor,
+    title: str,
+    embedding_map: bool = True,
+):
+    from plugins.reporting import _pyplot
+
+    rd.plot_loss(hist.losses)
+    if embedding_map:
+        rd.plot_embedding(z_test, labels, title=title)
+    plt = _pyplot()
+    if hist.clusters is not None:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        for level, (ids, phi) in enumerate(zip(hist.clusters.im2cluster, hist.clusters.density)):
+            n = torch.bincount(ids.cpu(), minlength=len(phi)).numpy()
+            ax.scatter(n, phi.cpu().numpy(), s=8, label=f"level {level} ({len(phi)})")
+        ax.set_xlabel("samples per prototype")
+        ax.set_ylabel("concentration phi")
+        ax.set_xscale("log")
+        ax.legend(fontsize=7)
+        rd.save_figure(fig, "concentration.png")
+    if hist.fn_removed:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        x = np.arange(len(hist.fn_removed)) + 1
+        ax.plot(x, hist.fn_removed, marker="o", label="false negatives removed")
+        ax.plot(x, hist.tn_removed, marker="o", label="true negatives removed")
+        ax.plot(x, hist.nmi[: len(x)], marker="s", label="NMI level-0 prototypes")
+        ax.set_xlabel("clustered epoch")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        rd.save_figure(fig, "selection.png")
+
+
+def _train_and_evaluate(
+    ctx: RunContext,
+    rd: RunDir,
+    train_set: ImageTensorDataset,
+    test_set: ImageTensorDataset,
+    cfg: HCSCConfig,
+    clustering: bool,
+    name: str,
+    embedding_map: bool = True,
+) -> dict[str, float]:
+    from plugins.methods.simclr import embed, evaluate_representation
+
+    t0 = time.perf_counter()
+    model, hist = train_hcsc(train_set, cfg, ctx.device, ctx.seed, ctx.progress, clustering)
+    seconds = time.perf_counter() - t0
+    size = cfg.image_size
+    if size is not None and size != train_set.images.shape[-1]:
+        train_set = _resized(train_set, size)
+        test_set = _resized(test_set, size)
+    metrics = evaluate_representation(model.encoder, train_set, test_set)
+    metrics.update(train_seconds=seconds, final_loss=hist.losses[-1])
+    if hist.nmi:
+        metrics.update(
+            nmi_level0=hist.nmi[-1],
+            false_negatives_removed=hist.fn_removed[-1] if hist.fn_removed else float("nan"),
+            true_negatives_removed=hist.tn_removed[-1] if hist.tn_removed else float("nan"),
+            kmeans_seconds=hist.seconds_kmeans,
+        )
+    rd.save_checkpoint({"model": model.state_dict(), "config": asdict(cfg), "method": name})
+    z_test = embed(model.encoder, test_set.images)
+    _plots(rd, hist, z_test, test_set.labels, f"{name} (test)", embedding_map)
+    rd.plot_spectrum({name: spectrum(z_test)})
+    return metrics
+
+
+def _resized(d: ImageTensorDataset, size: int) -> ImageTensorDataset:
+    x = torch.nn.functional.interpolate(d.images, size=(size, size), mode="bilinear")
+    return ImageTensorDataset(x.clamp(0, 1), d.labels, d.classes)
+
+
+def run(ctx: RunContext) -> dict[str, float]:
+    """Train HCSC on ``ctx.data`` (default: digits upsampled to 16 px) and evaluate kNN / linear probe."""
+    from plugins.methods.simclr import load_dataset
+
+    size = ctx.option("image_size", 16 if ctx.data in (None, "digits") else None)
+    train_set, test_set, data_name = load_dataset(ctx.data, size=size)
+    check_finite(train_set.images, f"images of {data_name}")
+    epochs = int(ctx.epochs or (3 if ctx.demo else 40))
+    cfg = cpu_config(ctx, len(train_set), epochs)
+    clustering = bool(ctx.option("clustering", True))
+    ctx.run_dir.save_config(
+        {
+            "method": "hcsc",
+            "data": data_name,
+            "seed": ctx.seed,
+            "device": str(ctx.device),
+            "clustering": clustering,
+            **asdict(cfg),
+        }
+    )
+    metrics = _train_and_evaluate(
+        ctx, ctx.run_dir, train_set, test_set, cfg, clustering, "hcsc" if clustering else "moco v2"
+    )
+    ctx.run_dir.save_metrics(metrics)
+    return metrics
+
+
+def reproduce(ctx: RunContext) -> dict[str, float]:
+    """HCSC vs MoCo v2 (clustering off) vs SimCLR, same encoder, epochs, batch and optimizer.
+
+    Default: the shared CIFAR-10 subset, the first ``--set train_limit=2000`` training and
+    ``test_limit=5000`` test images (balanced: rows alternate by class), resized to
+    ``image_size=16`` px, batch 128, 4 epochs (1 of plain-MoCo warm-up), so that the three runs fit
+    in about 10 minutes on 2 shared CPU cores. The 2-D t-SNE maps are left out here (minutes each on
+    a loaded CPU); ``run`` writes them.
+    """
+    from plugins.data import load_cifar10
+    from plugins.methods.simclr import SimCLRConfig, evaluate_representation, train_simclr
+
+    limit, test_limit = int(ctx.option("train_limit", 2000)), int(ctx.option("test_limit", 5000))
+    size = int(ctx.option("image_size", 16))
+    if ctx.data in (None, "cifar10"):
+        train_set = load_cifar10(train=True, limit=limit)
+        test_set = load_cifar10(train=False, limit=test_limit)
+    else:
+        from plugins.methods.simclr import load_dataset
+
+        train_set, test_set, _ = load_dataset(ctx.data)
+    if size != train_set.images.shape[-1]:
+        train_set, test_set = _resized(train_set, size), _resized(test_set, size)
+    data_name = (
+        f"{ctx.data or 'cifar10'} ({len(train_set)} train / {len(test_set)} test, {size} px)"
+    )
+    epochs = int(ctx.epochs or 4)
+    cfg = replace(
+        cpu_config(ctx, len(train_set), epochs),
+        batch_size=int(ctx.option("batch_size", 128)),
+        image_size=None,
+    )
+    ctx.run_dir.save_config(
+        {"method": "hcsc", "reproduce": True, "data": data_name, "seed": ctx.seed, **asdict(cfg)}
+    )
+    rows, out = [], {}
+    for name, clustering in (("HCSC", True), ("MoCo v2", False)):
+        sub = RunDir(path=ctx.run_dir.path / name.lower().replace(" ", "_"))
+        m = _train_and_evaluate(ctx, sub, train_set, test_set, cfg, clustering, name, False)
+        sub.save_metrics(m)
+        rows.append({"method": name, **{k: m.get(k) for k in _COLUMNS}})
+        out.update({f"{name.split()[0].lower()}_{k}": v for k, v in m.items()})
+    scfg = SimCLRConfig(epochs=epochs, batch_size=cfg.batch_size, arch=cfg.arch)
+    t0 = time.perf_counter()
+    model, _ = train_simclr(train_set, scfg, ctx.device, ctx.seed, ctx.progress)
+    m = {
+        **evaluate_representation(model.encoder, train_set, test_set),
+        "train_seconds": time.perf_counter() - t0,
+    }
+    rows.append({"method": "SimCLR", **{k: m.get(k) for k in _COLUMNS}})
+    out.update({f"simclr_{k}": v for k, v in m.items()})
+    for r in rows:
+        r["data"], r["epochs"] = data_name, epochs
+    ctx.run_dir.save_table(rows)
+    ctx.run_dir.save_metrics(out)
+    _plot_comparison(ctx.run_dir, rows)
+    return out
+
+
+def _plot_comparison(rd: RunDir, rows: list[dict]) -> None:
+    from plugins.reporting import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    x = np.arange(len(rows))
+    for j, key in enumerate(("knn_acc", "linear_acc")):
+        ax.bar(x + 0.38 * j, [r[key] for r in rows], 0.38, label=key)
+    ax.set_xticks(x + 0.19, [r["method"] for r in rows])
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=7)
+    rd.save_figure(fig, "comparison.png")
+
+
+_COLUMNS = (
+    "knn_acc",
+    "linear_acc",
+    "effective_rank",
+    "nmi_level0",
+    "false_negatives_removed",
+    "true_negatives_removed",
+    "train_seconds",
+)
