@@ -1,0 +1,128 @@
+"""Move GLCNet weights into segmentation models.
+
+torchgeo's ``SemanticSegmentationTask(weights=path)`` keeps only the ``model.*`` keys of a
+checkpoint and loads them strictly into ``model.encoder``, so a GLCNet checkpoint (keys
+``model.net.encoder.*``) cannot be given to it directly. :func:`export_encoder` (command:
+``python -m torchgeo_ext.export GLCNET.ckpt OUT.ckpt``) writes a checkpoint it accepts; and
+:class:`torchgeo_ext.finetune.GLCNetSegmentationTask` loads encoder *and* decoder (ASPP included).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from plugins.errors import UserInputError
+
+# last entry: torchgeo SimCLRTask/MoCoTask checkpoints (timm ResNet keys match smp's ResNet encoder)
+ENCODER_PREFIXES = ("model.net.encoder.", "net.encoder.", "model.encoder.", "encoder.", "backbone.")
+DECODER_PREFIXES = ("model.net.decoder.", "net.decoder.", "model.decoder.", "decoder.")
+
+
+def _load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    path = Path(path)
+    if not path.exists():
+        raise UserInputError(f"checkpoint {path} does not exist.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise UserInputError(
+            f"checkpoint {path} could not be read ({type(err).__name__})."
+        ) from None
+    if isinstance(ckpt, Mapping) and "state_dict" in ckpt:
+        return dict(ckpt["state_dict"]), dict(ckpt.get("hyper_parameters", {}))
+    if isinstance(ckpt, Mapping):
+        return dict(ckpt), {}
+    raise UserInputError(f"checkpoint {path} holds no state dict.")
+
+
+def _strip(state: Mapping[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    for p in prefixes:
+        out = {k[len(p) :]: v for k, v in state.items() if k.startswith(p)}
+        if out:
+            return out
+    return {}
+
+
+def encoder_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Encoder weights from a GLCNet/Lightning checkpoint, an exported one or a plain state dict."""
+    state, hp = _load(path)
+    enc = _strip(state, ENCODER_PREFIXES)
+    if not enc and hp.get("model") == "deeplabv3+":  # our own export: keys are model.<encoder key>
+        enc = _strip(state, ("model.",))
+    if not enc:
+        raise UserInputError(
+            f"checkpoint {path} has no encoder weights (expected keys starting with one of {ENCODER_PREFIXES})."
+        )
+    return enc
+
+
+def decoder_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """DeepLabv3+ decoder weights (ASPP, block1, block2); empty when the checkpoint has none."""
+    state, _ = _load(path)
+    return _strip(state, DECODER_PREFIXES)
+
+
+def export_encoder(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write ``out`` so that ``SemanticSegmentationTask(model="deeplabv3+", backbone=B, weights=out)``
+    loads the GLCNet encoder (torchgeo's ``utils.extract_backbone`` reads ``hyper_parameters.model``
+    and the ``model.*`` keys)."""
+    state, hp = _load(checkpoint)
+    enc = encoder_state_dict(checkpoint)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "hyper_parameters": {
+            "model": "deeplabv3+",
+            "backbone": hp.get("backbone"),
+            "in_channels": hp.get("in_channels"),
+        },
+        "state_dict": {f"model.{k}": v.clone() for k, v in enc.items()},
+    }
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(out)
+    return out
+
+
+def load_pretrained(
+    seg_model: nn.Module, checkpoint: str | Path, decoder: bool = True
+) -> dict[str, list[str]]:
+    """Load GLCNet encoder (and decoder) weights into an smp DeepLabV3Plus; returns what was loaded.
+
+    The encoder must match exactly (missing or unexpected keys raise); the segmentation head stays
+    as initialised.
+    """
+    enc = encoder_state_dict(checkpoint)
+    try:
+        seg_model.encoder.load_state_dict(enc, strict=True)
+    except RuntimeError as err:
+        raise UserInputError(
+            f"checkpoint {checkpoint} does not fit the encoder: {str(err).splitlines()[0]}"
+        ) from None
+    loaded = {"encoder": sorted(enc)}
+    if decoder:
+        dec = decoder_state_dict(checkpoint)
+        if dec:
+            seg_model.decoder.load_state_dict(dec, strict=True)
+        loaded["decoder"] = sorted(dec)
+    return loaded
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m torchgeo_ext.export", description=export_encoder.__doc__
+    )
+    parser.add_argument("checkpoint", help="GLCNetTask checkpoint (.ckpt)")
+    parser.add_argument("out", help="output checkpoint for SemanticSegmentationTask(weights=...)")
+    args = parser.parse_args(argv)
+    print(export_encoder(args.checkpoint, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
