@@ -1,0 +1,33 @@
+"""SuperCon (Chen, Zhuang, Chang, 2022): two-stage supervised contrastive learning for imbalanced
+skin-lesion classification.
+
+Names are imported lazily so that importing the package does not import torch/MONAI.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "SuperConConfig": "monai_ext.supercon.config",
+    "SuperConNet": "monai_ext.supercon.model",
+    "build_encoder": "monai_ext.supercon.model",
+    "AsymmetricViews": "monai_ext.supercon.augment",
+    "stage1_loss": "monai_ext.supercon.train",
+    "train_stage1": "monai_ext.supercon.train",
+    "train_stage2": "monai_ext.supercon.train",
+    "train_baseline": "monai_ext.supercon.train",
+    "evaluate": "monai_ext.supercon.train",
+    "split_indices": "monai_ext.supercon.data",
+    "load_isic_csv": "monai_ext.supercon.data",
+    "class_balanced_sampler": "monai_ext.supercon.data",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'monai_ext.supercon' has no attribute {name!r}")

@@ -1,0 +1,300 @@
+"""SuperCon's two training stages and the baselines, on in-memory image tensors.
+
+Stage 1 (Chen et al. 2022, Sec. 3.1-3.2): supervised contrastive loss (Khosla et al. 2020, eq. 2,
+``plugins.losses.sup_con``) on the (plain, strong) view pair of each image. Stage 2 (Sec. 3.3):
+linear classifier with cross-entropy on the frozen encoder. Baselines trained by the same code:
+cross-entropy end to end, class-weighted CE, focal loss (Lin et al. 2017), and SupCon with two
+strong views (the symmetric original).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from monai_ext.supercon.augment import AsymmetricViews, resize
+from monai_ext.supercon.config import SuperConConfig
+from monai_ext.supercon.data import class_balanced_sampler
+from monai_ext.supercon.model import SuperConNet
+from plugins.losses import sup_con
+
+__all__ = [
+    "stage1_loss",
+    "train_stage1",
+    "train_stage2",
+    "train_baseline",
+    "focal_loss",
+    "class_weights",
+    "predict_proba",
+    "evaluate",
+]
+
+
+def stage1_loss(
+    net: SuperConNet,
+    views: tuple[torch.Tensor, torch.Tensor],
+    labels: torch.Tensor,
+    config: SuperConConfig | None = None,
+) -> torch.Tensor:
+    """SupCon loss of the two views (each (B, C, H, W)) of a labelled batch (B,).
+
+    Both views go through the network in one batch (as the reference does), the embeddings are
+    stacked to (B, 2, 128) and passed to :func:`plugins.losses.sup_con`.
+    """
+    cfg = config or SuperConConfig()
+    b = labels.shape[0]
+    z = net.project(torch.cat(views, 0))
+    feats = torch.stack([z[:b], z[b:]], dim=1)
+    return sup_con(feats, labels, cfg.temperature, cfg.base_temperature)
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Multi-class focal loss ``mean_i -(1 - p_{i,y})^gamma log p_{i,y}`` (Lin et al. 2017, eq. 4),
+    float32. logits (B, K), target (B,)."""
+    logp = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1)
+    return (-((1 - logp.exp()) ** gamma) * logp).mean()
+
+
+def class_weights(labels: np.ndarray | torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights ``N / (K n_k)`` (sklearn's "balanced"); (K,) float32."""
+    y = torch.as_tensor(np.asarray(labels)).long()
+    counts = torch.bincount(y, minlength=num_classes).float().clamp_min(1)
+    return len(y) / (num_classes * counts)
+
+
+def _batches(
+    labels: torch.Tensor, batch_size: int, balanced: bool, gen: torch.Generator
+) -> Iterator[torch.Tensor]:
+    n = len(labels)
+    if balanced:
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+        order = torch.tensor(list(class_balanced_sampler(labels, n, seed)))
+    else:
+        order = torch.randperm(n, generator=gen)
+    for i in range(0, n, batch_size):
+        idx = order[i : i + batch_size]
+        if len(idx) > 1:  # BatchNorm needs two samples
+            yield idx
+
+
+def _sgd(params: list, lr: float, cfg: SuperConConfig, epochs: int) -> tuple:
+    opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    # decay at 1/3 and 2/3 of training (StepLR(step_size=epochs // 3) would decay a third time
+    # at the last epoch when epochs is a multiple of 3, and more often for short runs)
+    milestones = sorted({max(1, round(epochs * i / cfg.lr_steps)) for i in range(1, cfg.lr_steps)})
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=cfg.lr_decay)
+    return opt, sched
+
+
+def train_stage1(
+    net: SuperConNet,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    config: SuperConConfig | None = None,
+    epochs: int | None = None,
+    symmetric: bool = False,
+    balanced: bool = False,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    progress: bool = False,
+) -> list[float]:
+    """Stage 1 on images (N, C, H, W) (uint8 or [0, 1]) and labels (N,); returns per-step losses.
+
+    SGD on encoder + head, step decay x0.1 every third of ``epochs`` (paper Sec. 4.1).
+    """
+    cfg = config or SuperConConfig()
+    epochs = cfg.stage1_epochs if epochs is None else epochs
+    views = AsymmetricViews(cfg.image_size, cfg, symmetric=symmetric)
+    params = list(net.encoder.parameters()) + list(net.head.parameters())
+    opt, sched = _sgd(params, cfg.lr1, cfg, epochs)
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.as_tensor(labels).long()
+    net.to(device).train()
+    losses = []
+    for _ in tqdm(range(epochs), desc="stage 1", disable=not progress, leave=False):
+        for idx in _batches(labels, cfg.batch_size, balanced, gen):
+            x, y = images[idx].to(device), labels[idx].to(device)
+            loss = stage1_loss(net, views(x), y, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        sched.step()
+    return losses
+
+
+def train_stage2(
+    net: SuperConNet,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    config: SuperConConfig | None = None,
+    epochs: int | None = None,
+    balanced: bool = False,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    progress: bool = False,
+) -> list[float]:
+    """Stage 2: linear classifier with CE on the frozen encoder; returns per-step losses.
+
+    Only ``net.classifier`` is optimised (SGD lr ``lr2``, momentum 0.9). With the default
+    ``stage2_encoder_mode="eval"`` the encoder is a fixed function, so its features are computed
+    once; ``"train"`` (the reference's behaviour) runs the encoder with BatchNorm in train mode on
+    every batch.
+    """
+    cfg = config or SuperConConfig()
+    epochs = cfg.stage2_epochs if epochs is None else epochs
+    params = net.freeze_encoder(cfg.stage2_encoder_mode)
+    opt = torch.optim.SGD(params, lr=cfg.lr2, momentum=cfg.momentum)
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.as_tensor(labels).long()
+    net.to(device).train()
+    cached = None
+    if cfg.stage2_encoder_mode == "eval":
+        cached = _features(net, images, cfg.image_size, device)
+    losses = []
+    for _ in tqdm(range(epochs), desc="stage 2", disable=not progress, leave=False):
+        for idx in _batches(labels, cfg.batch_size, balanced, gen):
+            y = labels[idx].to(device)
+            if cached is not None:
+                logits = net.classifier(cached[idx.to(cached.device)])
+            else:
+                logits = net(resize(_float(images[idx].to(device)), cfg.image_size))
+            loss = F.cross_entropy(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+    return losses
+
+
+def train_baseline(
+    net: SuperConNet,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    loss: str = "ce",
+    config: SuperConConfig | None = None,
+    epochs: int | None = None,
+    balanced: bool = False,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    progress: bool = False,
+) -> list[float]:
+    """End-to-end classifier: ``loss`` in ``ce`` | ``weighted_ce`` | ``focal``; strong-view inputs,
+    same optimiser and schedule as stage 1. Returns per-step losses."""
+    if loss not in ("ce", "weighted_ce", "focal"):
+        raise ValueError(f"loss must be 'ce', 'weighted_ce' or 'focal', got {loss!r}")
+    cfg = config or SuperConConfig()
+    epochs = cfg.stage1_epochs if epochs is None else epochs
+    views = AsymmetricViews(cfg.image_size, cfg)
+    params = list(net.encoder.parameters()) + list(net.classifier.parameters())
+    opt, sched = _sgd(params, cfg.lr1, cfg, epochs)
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.as_tensor(labels).long()
+    k = net.classifier.out_features
+    weight = class_weights(labels, k).to(device) if loss == "weighted_ce" else None
+    net.to(device).train()
+    losses = []
+    for _ in tqdm(range(epochs), desc=loss, disable=not progress, leave=False):
+        for idx in _batches(labels, cfg.batch_size, balanced, gen):
+            x, y = images[idx].to(device), labels[idx].to(device)
+            logits = net(views.strong.view(_float(x))).float()
+            if loss == "focal":
+                value = focal_loss(logits, y, cfg.focal_gamma)
+            else:
+                value = F.cross_entropy(logits, y, weight=weight)
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+            opt.step()
+            losses.append(float(value.detach()))
+        sched.step()
+    return losses
+
+
+def _float(x: torch.Tensor) -> torch.Tensor:
+    return x if x.is_floating_point() else x.float() / 255
+
+
+@torch.no_grad()
+def _features(
+    net: SuperConNet, images: torch.Tensor, size: int, device: torch.device | str, bs: int = 256
+) -> torch.Tensor:
+    was = net.training
+    net.encoder.eval()
+    out = torch.cat(
+        [
+            net.features(resize(_float(images[i : i + bs].to(device)), size))
+            for i in range(0, len(images), bs)
+        ]
+    )
+    net.train(was)
+    return out
+
+
+@torch.no_grad()
+def predict_proba(
+    net: SuperConNet,
+    images: torch.Tensor,
+    size: int,
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Class probabilities (N, K) of plain resized images, network in eval mode."""
+    net.to(device).eval()
+    return torch.cat(
+        [
+            net(resize(_float(images[i : i + batch_size].to(device)), size))
+            .float()
+            .softmax(1)
+            .cpu()
+            for i in range(0, len(images), batch_size)
+        ]
+    )
+
+
+def evaluate(
+    probs: torch.Tensor | np.ndarray,
+    labels: torch.Tensor | np.ndarray,
+    classes: list[str],
+    positive: int | None = None,
+) -> tuple[dict[str, float], np.ndarray]:
+    """Metrics of probabilities (N, K) against labels (N,), and the confusion matrix (K, K)
+    ``[true, pred]``.
+
+    Keys: ``precision_<c>``, ``recall_<c>``, ``f1_<c>`` per class, ``balanced_accuracy`` (mean
+    recall of the argmax predictions), ``roc_auc`` (from the positive class's **scores**, binary
+    one-vs-rest, when ``positive`` is given; macro one-vs-rest otherwise) and, with ``positive``,
+    ``positive_f1`` (F1 of the argmax predictions for that class). ``roc_auc_score`` on hard 0/1
+    predictions equals balanced accuracy and is never reported as AUC.
+    """
+    from sklearn import metrics
+
+    from plugins.metrics import binary_scores
+
+    p = np.asarray(torch.as_tensor(probs).float())
+    y = np.asarray(torch.as_tensor(labels)).astype(np.int64)
+    k = len(classes)
+    pred = p.argmax(1)
+    prec, rec, f1, _ = metrics.precision_recall_fscore_support(
+        y, pred, labels=list(range(k)), zero_division=0
+    )
+    out: dict[str, float] = {}
+    for i, c in enumerate(classes):
+        out[f"precision_{c}"], out[f"recall_{c}"], out[f"f1_{c}"] = (
+            float(prec[i]),
+            float(rec[i]),
+            float(f1[i]),
+        )
+    out["balanced_accuracy"] = float(metrics.balanced_accuracy_score(y, pred))
+    if positive is not None:
+        out["roc_auc"] = binary_scores(p[:, positive], (y == positive).astype(np.int64))["roc_auc"]
+        out["positive_f1"] = float(f1[positive])
+    elif len(np.unique(y)) == k:
+        out["roc_auc"] = float(metrics.roc_auc_score(y, p, multi_class="ovr", average="macro"))
+    else:
+        out["roc_auc"] = float("nan")
+    cm = metrics.confusion_matrix(y, pred, labels=list(range(k)))
+    return out, cm

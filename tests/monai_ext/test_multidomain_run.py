@@ -1,0 +1,124 @@
+"""Real-data domains, slab splits, metrics, and the ``run`` entry point on the embedded default."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from monai_ext.multidomain import data
+from monai_ext.multidomain.train import label_subset, surface_scores
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny convolutions on a shared CPU: one thread avoids OpenMP spin contention (~5x faster)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_mni_tissue_domain_is_real_and_split_into_disjoint_slabs() -> None:
+    dom = data.mni_tissue()
+    assert dom.image.shape == dom.label.shape == (99, 117, 95)
+    np.testing.assert_allclose(dom.spacing, [2, 2, 2])
+    counts = np.bincount(dom.label.ravel(), minlength=3)
+    # grey and white matter each fill a substantial part of a 2 mm MNI brain (roughly 0.6-0.8 l)
+    assert 0.4e6 < counts[1] * 8 < 1.2e6 and 0.3e6 < counts[2] * 8 < 1.0e6
+    sl = data.domain_slices(dom, size=32)
+    assert sl["image"].shape[1:] == (1, 32, 32) and set(sl["label"].unique().tolist()) == {0, 1, 2}
+    roles, slab = sl["role"], sl["slab"]
+    assert set(roles) == {"train", "val", "test"}
+    for s in np.unique(slab):  # a slab has one role and its slices are contiguous
+        idx = np.nonzero(slab == s)[0]
+        assert len(set(roles[idx])) == 1 and np.all(np.diff(idx) == 1)
+
+
+@pytest.mark.skipif(
+    not data.colin_available(),
+    reason="Debian mricron-data absent (apt-get install -y mricron-data)",
+)
+def test_colin_subcortical_domain() -> None:
+    dom = data.colin_subcortical()
+    assert dom.classes == ["background", "caudate", "putamen", "thalamus", "hippocampus"]
+    vols = np.bincount(dom.label.ravel(), minlength=5)[1:] / 1000  # ml at 1 mm
+    # both hemispheres: caudate, putamen, thalamus, hippocampus are each a few to ~20 ml in AAL
+    assert np.all((vols > 3) & (vols < 30)), vols
+
+
+def test_label_subset_fraction() -> None:
+    assert len(label_subset(100, 0.1, 0)) == 10
+    assert len(label_subset(5, 0.1, 0)) == 2  # never fewer than two annotated slices
+    assert len(set(label_subset(50, 0.5, 1))) == 25
+
+
+def test_surface_scores_against_hand_computed_values() -> None:
+    truth = torch.zeros(4, 1, 16, 16, dtype=torch.long)
+    truth[:, 0, 4:8, 4:8] = 1
+    pred = truth.clone()
+    pred[:, 0, 4:8, 8] = 1  # one extra column: 16 -> 20 voxels per slice
+    sc = surface_scores(pred, truth, np.zeros(4, int), 2, (1.0, 1.0, 1.0))
+    np.testing.assert_allclose(sc["dice"], [2 * 16 / (16 + 20)], rtol=1e-6)
+    np.testing.assert_allclose(sc["ravd"], [0.25])
+    np.testing.assert_allclose(sc["hd95"], [1.0])  # the extra column lies 1 voxel from the truth
+    perfect = surface_scores(truth, truth, np.zeros(4, int), 2, (1.0, 1.0, 1.0))
+    np.testing.assert_allclose(
+        [perfect["dice"][0], perfect["hd95"][0], perfect["assd"][0]], [1, 0, 0]
+    )
+
+
+def test_run_demo_writes_outputs(tmp_path: Path) -> None:
+    from monai_ext.multidomain.run import run
+    from plugins.reporting import RunContext, RunDir
+
+    ctx = RunContext(
+        "mr-multidomain",
+        RunDir(path=tmp_path),
+        demo=True,
+        device=torch.device("cpu"),
+        progress=False,
+        options={"steps": 3, "augment_copies": 0},
+    )
+    metrics = run(ctx)
+    for name in (
+        "metrics.json",
+        "config.yaml",
+        "checkpoint.pt",
+        "loss.png",
+        "spectrum.png",
+        "embedding.png",
+        "overlay.png",
+    ):
+        assert (tmp_path / name).exists(), name
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert 0.0 <= saved["dice_mean"] <= 1.0 and saved["dice_mean"] == pytest.approx(
+        metrics["dice_mean"]
+    )
+    ckpt = torch.load(tmp_path / "checkpoint.pt", map_location="cpu")
+    assert ckpt["domain_classes"] == [3, 2]
+
+
+def test_write_datalist_slabs_keep_scanner_space(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    from monai_ext.multidomain.data import validate_datalist
+
+    dom = data.mni_tissue()
+    path = data.write_datalist(tmp_path, [dom], n_slabs=5)
+    lists = json.loads(path.read_text())
+    items = lists["training"] + lists["validation"] + lists["test"]
+    assert len(items) == 5 and len(lists["test"]) == 1 and len(lists["validation"]) == 1
+    validate_datalist(items, [3], tmp_path)
+    total = 0
+    for item in items:
+        img = nib.load(tmp_path / item["image"])
+        first = int(round(np.linalg.solve(dom.affine, img.affine @ [0, 0, 0, 1])[2]))
+        # the slab's first voxel maps to the same scanner point as that slice of the volume
+        np.testing.assert_allclose(img.affine[:3, :3], dom.affine[:3, :3])
+        np.testing.assert_array_equal(np.asarray(img.dataobj)[..., 0], dom.image[..., first])
+        total += img.shape[2]
+    assert total == dom.image.shape[2]
