@@ -6,8 +6,7 @@ Imports are lazy (module ``__getattr__``) so that ``agri_ext.spec`` loads withou
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from plugins.lazy import lazy_exports
 
 __all__ = ["CLAWS", "CLAWSConfig", "excess_green_mask", "within_class_nt_xent"]
 
@@ -19,11 +18,4 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'agri_ext' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)

@@ -6,8 +6,7 @@ never imports torch_geometric.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from plugins.lazy import lazy_exports
 
 _EXPORTS = {
     "ARIEL": "graph_ext.model",
@@ -26,11 +25,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'graph_ext' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

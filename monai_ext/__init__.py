@@ -5,8 +5,7 @@ Names are imported lazily so that ``import monai_ext`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from plugins.lazy import lazy_exports
 
 _LAZY = {
     "DomainSpecificBatchNorm": "monai_ext.dsbn",
@@ -16,7 +15,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'monai_ext' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -6,8 +6,7 @@ does not import torchgeo.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from plugins.lazy import lazy_exports
 
 _EXPORTS = {
     "GLCNetTask": "torchgeo_ext.task",
@@ -30,7 +29,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'torchgeo_ext' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -5,8 +5,7 @@ Names are imported lazily so that importing the package does not import MONAI.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from plugins.lazy import lazy_exports
 
 _LAZY = {
     "MultiDomainConfig": "monai_ext.multidomain.config",
@@ -19,7 +18,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'monai_ext.multidomain' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

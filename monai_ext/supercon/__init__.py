@@ -6,8 +6,7 @@ Names are imported lazily so that importing the package does not import torch/MO
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from plugins.lazy import lazy_exports
 
 _LAZY = {
     "SuperConConfig": "monai_ext.supercon.config",
@@ -27,7 +26,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'monai_ext.supercon' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
