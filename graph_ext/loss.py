@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from plugins.losses import nt_xent
+from plugins.losses import full_precision, nt_xent
 
 __all__ = ["grace_loss", "info_regularizer"]
 
@@ -41,10 +41,7 @@ def grace_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.4) -> 
 
 
 def _pair_sim(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
-    a, b = (
-        a.float() if a.dtype in (torch.float16, torch.bfloat16) else a,
-        b.float() if b.dtype in (torch.float16, torch.bfloat16) else b,
-    )
+    a, b = full_precision(a), full_precision(b)
     return torch.exp((F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(-1) / temperature)
 
 

@@ -28,16 +28,17 @@ __all__ = [
     "InfoNCELoss",
     "SupConLoss",
     "MarginContrastiveLoss",
+    "full_precision",
 ]
 
 
-def _full_precision(x: torch.Tensor) -> torch.Tensor:
+def full_precision(x: torch.Tensor) -> torch.Tensor:
     """Upcast half precision to float32; keep float32/float64 as they are."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
-    return F.normalize(_full_precision(x), dim=-1)
+    return F.normalize(full_precision(x), dim=-1)
 
 
 def _no_autocast(x: torch.Tensor) -> torch.autocast:
@@ -288,7 +289,7 @@ def margin_contrastive(
     if n < 2:
         raise ValueError("margin_contrastive needs at least 2 embeddings")
     with _no_autocast(embeddings):
-        e = _full_precision(embeddings)
+        e = full_precision(embeddings)
         d2 = (e[:, None, :] - e[None, :, :]).pow(2).sum(-1)
         # d = 0 exactly for coincident points, with a finite (zero) gradient there instead of sqrt's inf
         d = torch.where(

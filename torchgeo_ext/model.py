@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from plugins.heads import ProjectionHead
+from plugins.losses import full_precision
 from torchgeo_ext.config import PAPER
 from torchgeo_ext.sampling import window_mean
 
@@ -18,7 +19,7 @@ def style_vector(f: torch.Tensor, use_variance: bool = True) -> torch.Tensor:
     The variance is the unbiased one (divides by HW - 1), as ``torch.var`` in the reference code.
     With ``use_variance=False`` (the "no style" ablation) only the mean (B, C) is returned.
     """
-    f = f.float() if f.dtype in (torch.float16, torch.bfloat16) else f
+    f = full_precision(f)
     mean = f.mean(dim=(2, 3))
     if not use_variance:
         return mean

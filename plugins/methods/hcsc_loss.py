@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from plugins.losses import full_precision
+
 __all__ = [
     "instance_keep_probability",
     "prototype_keep_probability",
@@ -24,10 +26,6 @@ __all__ = [
     "selective_info_nce_levels",
     "prototype_nce",
 ]
-
-
-def _f32(x: torch.Tensor) -> torch.Tensor:
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def instance_keep_probability(
@@ -51,7 +49,10 @@ def prototype_parent_probs(
     """(C_l, C_{l+1}) ``softmax(C_l C_{l+1}^T / phi_{l+1})`` over parents (HCSC eq. 6), float32."""
     with torch.autocast(device_type=centroids.device.type, enabled=False):
         return torch.softmax(
-            _f32(centroids) @ _f32(parent_centroids).T / _f32(parent_density), dim=1
+            full_precision(centroids)
+            @ full_precision(parent_centroids).T
+            / full_precision(parent_density),
+            dim=1,
         )
 
 
@@ -102,7 +103,11 @@ def selective_info_nce(
         Scalar mean over queries.
     """
     with torch.autocast(device_type=q.device.type, enabled=False):
-        q, k, queue = _f32(q), _f32(k).to(_f32(q).dtype), _f32(queue).to(_f32(q).dtype)
+        q, k, queue = (
+            full_precision(q),
+            full_precision(k).to(full_precision(q).dtype),
+            full_precision(queue).to(full_precision(q).dtype),
+        )
         pos = (q * k).sum(1, keepdim=True)
         neg = q @ queue.T
         if keep is not None:
@@ -122,7 +127,11 @@ def selective_info_nce_levels(
     """``L_ins = sum_l selective_info_nce(q, k, queue, T, keeps[l])`` with the (B, K) similarity
     matrix computed once for all levels (same value as the sum, fewer matrix products)."""
     with torch.autocast(device_type=q.device.type, enabled=False):
-        q, k, queue = _f32(q), _f32(k).to(_f32(q).dtype), _f32(queue).to(_f32(q).dtype)
+        q, k, queue = (
+            full_precision(q),
+            full_precision(k).to(full_precision(q).dtype),
+            full_precision(queue).to(full_precision(q).dtype),
+        )
         pos = (q * k).sum(1, keepdim=True)
         sim = q @ queue.T
         target = torch.zeros(len(q), dtype=torch.long, device=q.device)
@@ -163,7 +172,7 @@ def prototype_nce(
         Scalar mean over queries.
     """
     with torch.autocast(device_type=q.device.type, enabled=False):
-        q, c = _f32(q), _f32(centroids).to(_f32(q).dtype)
+        q, c = full_precision(q), full_precision(centroids).to(full_precision(q).dtype)
         logits = q @ c.T / density.to(q.dtype)
         pos = logits.gather(1, positive[:, None])
         candidate = torch.ones(c.shape[0], dtype=torch.bool, device=q.device)
