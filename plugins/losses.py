@@ -61,6 +61,7 @@ def nt_xent(
     positive_in_denominator: bool = True,
     gather_distributed: bool = False,
     labels: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """SimCLR's NT-Xent loss over 2N anchors (Chen et al., ICML 2020, eq. 1).
 
@@ -80,9 +81,17 @@ def nt_xent(
         gather_distributed: contrast against every rank's samples (see module docstring).
         labels: optional (N,) classes; each anchor's sum then runs only over views of its own class
             (CLAWS's within-class contrast, Herrera-Gerena et al. 2021). The positive always stays.
+        valid: optional (N,) bool; pairs marked False are neither anchors nor columns (GLCNet's
+            window pairs whose views barely overlap). Fixed shapes keep the all-gather simple: every
+            rank passes all its N pairs and its own mask.
 
     Returns:
-        Scalar mean of ``l_i`` over the (local) 2N anchors.
+        Scalar mean of ``l_i`` over the (local, valid) anchors. With ``valid`` and
+        ``gather_distributed`` the local sum is divided by the number of valid anchors averaged over
+        ranks, so DDP's gradient average equals the single-process gradient even when ranks hold
+        different numbers of valid pairs. Without any usable anchor (or, for
+        ``positive_in_denominator=False``, with fewer than 2 valid pairs in all) it is 0, still
+        attached to the graph.
 
     Examples:
         >>> z1, z2 = torch.randn(8, 16), torch.randn(8, 16)
@@ -124,11 +133,49 @@ def nt_xent(
             logits.masked_fill_(
                 labels.repeat(2)[:, None] != labels_all.repeat(2)[None, :], float("-inf")
             )
+        if valid is not None:
+            return _masked_nt_xent(
+                logits, rows, pos_col, valid, positive_in_denominator, gather_distributed
+            )
         if positive_in_denominator:
             return F.cross_entropy(logits, pos_col)  # fused log-softmax: l_i = lse_i - s(i, p(i))/t
         positive = logits[rows, pos_col]
         logits.index_put_((rows, pos_col), _neg_inf(logits))
         return (torch.logsumexp(logits, dim=1) - positive).mean()
+
+
+def _masked_nt_xent(
+    logits: torch.Tensor,
+    rows: torch.Tensor,
+    pos_col: torch.Tensor,
+    valid: torch.Tensor,
+    positive_in_denominator: bool,
+    gather_distributed: bool,
+) -> torch.Tensor:
+    """:func:`nt_xent`'s tail when some pairs are invalid: (2n, 2n_all) logits, self already -inf."""
+    valid = valid.reshape(-1).to(device=logits.device, dtype=torch.bool)
+    if valid.shape[0] * 2 != logits.shape[0]:
+        raise ValueError(
+            f"valid must have shape ({logits.shape[0] // 2},), got {tuple(valid.shape)}"
+        )
+    valid_all = D.gather_no_grad(valid) if gather_distributed else valid
+    # A finite fill, not -inf: an invalid anchor's row may have no finite entry left, and a
+    # logsumexp over only -inf has a NaN gradient even when its result is multiplied by 0 later.
+    # exp(min - lse) is exactly 0, so valid rows get no gradient from these columns.
+    logits = logits.masked_fill(~valid_all.repeat(2)[None, :], torch.finfo(logits.dtype).min)
+    positive = logits[rows, pos_col]
+    if not positive_in_denominator:
+        logits = logits.index_put((rows, pos_col), _neg_inf(logits))
+    per_anchor = torch.logsumexp(logits, dim=1) - positive
+    row_ok = valid.repeat(2)
+    count = row_ok.sum()
+    count_all = D.all_reduce_sum(count) if gather_distributed else count
+    if not positive_in_denominator:  # a single valid pair in all has no negative: use no anchor
+        row_ok = row_ok & (count_all >= 4)
+    # no host sync: with nothing usable the loss is 0 (still attached to the graph)
+    total = torch.where(row_ok, per_anchor, 0.0).sum()
+    mean_count = count_all.to(total.dtype) / D.world_size() if gather_distributed else count
+    return total / mean_count.clamp_min(1)
 
 
 def info_nce(

@@ -20,6 +20,7 @@ def glcnet_loss(
     positive_in_denominator: bool = PAPER.positive_in_denominator,
     branches: str = "both",
     gather_distributed: bool = False,
+    local_valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``lam * L_global + (1 - lam) * L_local``, each an NT-Xent over its batch.
 
@@ -33,6 +34,11 @@ def glcnet_loss(
         positive_in_denominator: ``False`` (default) is the reference code's NT-Xent whose
             denominator holds only the negatives; ``True`` is SimCLR's eq. 1.
         branches: ``"both"``, ``"global"`` (global-only ablation) or ``"local"`` (local only).
+        gather_distributed: contrast against every rank's images and windows (DDP); the gradient
+            then equals the single-process gradient of the whole global batch.
+        local_valid: optional (M,) bool; window pairs marked False (views that barely overlap) are
+            left out of the local loss as anchors and as negatives. Passing all pairs with this mask
+            (instead of dropping rows) keeps the shapes equal on every rank for the all-gather.
 
     Returns:
         ``(total, global_loss, local_loss)``; an unused branch is returned as 0.
@@ -46,7 +52,12 @@ def glcnet_loss(
     )
     zero = g1.new_zeros((), dtype=torch.float32)
     lg = nt_xent(g1, g2, **kw) if branches != "local" else zero
-    ll = nt_xent(l1, l2, **kw) if branches != "global" and l1.shape[0] > 1 else zero
+    if branches == "global":
+        ll = zero
+    elif local_valid is not None or gather_distributed:
+        ll = nt_xent(l1, l2, valid=local_valid, **kw)
+    else:
+        ll = nt_xent(l1, l2, **kw) if l1.shape[0] > 1 else zero
     if branches == "global":
         return lg, lg, ll
     if branches == "local":

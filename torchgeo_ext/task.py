@@ -48,6 +48,10 @@ class GLCNetTask(BaseTask):
         size: view side length (paper: 224).
         rgb_bands: red, green, blue band indices for the hue/saturation change, ``None`` if none.
         augmentations: replaces :class:`GLCNetViews` (must return ``(v1, v2, theta1, theta2)``).
+        gather_distributed: under DDP (``trainer.strategy=ddp``), contrast every rank's images and
+            windows, so the loss and gradient are those of one process on the global batch, as in
+            the paper's single-GPU batch of 256. A no-op on one process. ``False`` contrasts within
+            each rank's batch only.
 
     Warns:
         UserWarning: when a hyperparameter differs from the paper's value.
@@ -76,6 +80,7 @@ class GLCNetTask(BaseTask):
         size: int = PAPER.size,
         rgb_bands: Sequence[int] | None = (0, 1, 2),
         augmentations: nn.Module | None = None,
+        gather_distributed: bool = True,
     ) -> None:
         self.weights = weights
         expected_patch = round(PAPER.patch_size * size / PAPER.size)
@@ -127,18 +132,17 @@ class GLCNetTask(BaseTask):
         )
         g1, l1 = self.model(v1, c1, hp["patch_size"])
         g2, l2 = self.model(v2, c2, hp["patch_size"])
-        keep = valid.reshape(-1)
-        l1 = l1.reshape(-1, l1.shape[-1])[keep]
-        l2 = l2.reshape(-1, l2.shape[-1])[keep]
         loss, lg, ll = glcnet_loss(
             g1,
             g2,
-            l1,
-            l2,
+            l1.reshape(-1, l1.shape[-1]),
+            l2.reshape(-1, l2.shape[-1]),
             hp["lam"],
             hp["temperature"],
             hp["positive_in_denominator"],
             hp["branches"],
+            gather_distributed=hp["gather_distributed"],
+            local_valid=valid.reshape(-1),
         )
         b = x.shape[0]
         self.log("train_loss", loss, batch_size=b, prog_bar=True)

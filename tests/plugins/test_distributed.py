@@ -46,7 +46,24 @@ def _losses(x: dict[str, torch.Tensor], gather: bool) -> dict[str, callable]:
         "nt_xent_neg_only": lambda a, b: nt_xent(a, b, 0.2, False, gather_distributed=gather),
         "info_nce": lambda a, b: info_nce(a, b, 0.2, gather_distributed=gather),
         "info_nce_queue": lambda a, b: info_nce(a, b, 0.2, x["neg"], gather_distributed=gather),
+        # rank 0 holds 2 valid pairs, rank 1 holds 3: the count must be averaged over ranks
+        "nt_xent_valid": lambda a, b: nt_xent(
+            a, b, 0.2, valid=_valid_rows(a, gather), gather_distributed=gather
+        ),
+        "nt_xent_neg_only_valid": lambda a, b: nt_xent(
+            a, b, 0.2, False, valid=_valid_rows(a, gather), gather_distributed=gather
+        ),
     }
+
+
+VALID = torch.tensor([True, False, True, True, True, True])
+
+
+def _valid_rows(a: torch.Tensor, gather: bool) -> torch.Tensor:
+    """The global validity mask, or this rank's slice of it."""
+    if not gather:
+        return VALID
+    return VALID[D.rank() * N_LOCAL : (D.rank() + 1) * N_LOCAL]
 
 
 def _sup_con_cases(gather: bool) -> dict[str, callable]:

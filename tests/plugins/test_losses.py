@@ -121,6 +121,54 @@ def test_nt_xent_batch_one_is_zero_with_positive_in_denominator():
     assert float(nt_xent(z1, z2)) == pytest.approx(0.0, abs=1e-12)
 
 
+def ref_nt_xent_valid(z1, z2, t, positive_in_denominator, valid) -> float:
+    """Explicit loop: invalid pairs are neither anchors nor columns."""
+    z = np.concatenate([_unit(z1), _unit(z2)])
+    n = len(z) // 2
+    ok = [bool(valid[i % n]) for i in range(2 * n)]
+    total, count = 0.0, 0
+    for i in range(2 * n):
+        if not ok[i]:
+            continue
+        p = (i + n) % (2 * n)
+        den = sum(
+            math.exp(float(z[i] @ z[k]) / t)
+            for k in range(2 * n)
+            if ok[k] and k != i and (positive_in_denominator or k != p)
+        )
+        total += -float(z[i] @ z[p]) / t + math.log(den)
+        count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("pos_den", [True, False])
+@pytest.mark.parametrize(
+    "mask", [[1, 0, 1, 1, 0, 1, 1], [1, 1, 1, 1, 1, 1, 1], [0, 0, 1, 0, 0, 0, 1]]
+)
+def test_nt_xent_valid_mask_matches_loop(dtype, pos_den, mask):
+    z1 = _randn(7, 5, dtype=dtype, seed=11).requires_grad_(True)
+    z2 = _randn(7, 5, dtype=dtype, seed=12).requires_grad_(True)
+    valid = torch.tensor(mask, dtype=torch.bool)
+    out = nt_xent(z1, z2, 0.5, pos_den, valid=valid)
+    _close(out, ref_nt_xent_valid(z1, z2, 0.5, pos_den, mask), RTOL[dtype])
+    out.backward()
+    # invalid pairs get exactly no gradient, valid ones get some
+    assert torch.all(z1.grad[~valid] == 0) and torch.all(z2.grad[~valid] == 0)
+    assert torch.all(z1.grad[valid].abs().sum(1) > 0)
+
+
+@pytest.mark.parametrize("pos_den", [True, False])
+@pytest.mark.parametrize("mask", [[0, 0, 0], [0, 1, 0]])
+def test_nt_xent_valid_mask_without_usable_pairs_is_zero_with_finite_grad(pos_den, mask):
+    z1 = _randn(3, 4, seed=13).requires_grad_(True)
+    z2 = _randn(3, 4, seed=14)
+    out = nt_xent(z1, z2, 0.5, pos_den, valid=torch.tensor(mask, dtype=torch.bool))
+    out.backward()
+    assert out.item() == 0.0
+    assert torch.isfinite(z1.grad).all()
+
+
 # ----------------------------------------------------------------------------- info_nce
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("n", [1, 2, 6])
