@@ -10,7 +10,7 @@ from torch import nn
 from plugins.heads import ProjectionHead
 from plugins.losses import full_precision
 from torchgeo_ext.config import PAPER
-from torchgeo_ext.sampling import window_mean
+from torchgeo_ext.sampling import upsampled_window_mean
 
 
 def style_vector(f: torch.Tensor, use_variance: bool = True) -> torch.Tensor:
@@ -88,16 +88,18 @@ class GLCNetModel(nn.Module):
             local_channels, PAPER.local_hidden_dim, PAPER.local_out_dim
         )
 
-    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, C, H, W) -> ASPP output f (B, 256, H/16, W/16) and dense map D (B, 64, H, W)."""
+    def features_lowres(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) -> ASPP output f (B, 256, H/16, W/16) and D before its upsampling (B, 64, H/4, W/4)."""
         feats = self.net.encoder(x)
         dec = self.net.decoder
         f = dec.aspp(feats[-1])
         fused = dec.block2(torch.cat([dec.up(f), dec.block1(feats[2])], dim=1))
-        d = F.interpolate(
-            self.dense(fused), size=x.shape[-2:], mode="bilinear", align_corners=False
-        )
-        return f, d
+        return f, self.dense(fused)
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) -> ASPP output f (B, 256, H/16, W/16) and dense map D (B, 64, H, W)."""
+        f, d = self.features_lowres(x)
+        return f, F.interpolate(d, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
     def forward(
         self,
@@ -106,8 +108,10 @@ class GLCNetModel(nn.Module):
         patch_size: int = PAPER.patch_size,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Global projection (B, 64) and, given window ``centres`` (B, K, 2), local projections (B, K, 64)."""
-        f, d = self.features(x)
+        f, d = self.features_lowres(x)
         g = self.global_head(style_vector(f, self.use_variance))
         if centres is None:
             return g, None
-        return g, self.local_head(window_mean(d, centres, patch_size))
+        # window means of the upsampled D, computed from the low-resolution map (exact)
+        local = upsampled_window_mean(d, centres, patch_size, tuple(x.shape[-2:]))
+        return g, self.local_head(local)

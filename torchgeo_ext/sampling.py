@@ -144,6 +144,47 @@ def window_mean(feat: torch.Tensor, centres: torch.Tensor, patch_size: int) -> t
     return vals.mean(-1).transpose(1, 2)
 
 
+def bilinear_weights(
+    out_size: int, in_size: int, device: torch.device | None = None
+) -> torch.Tensor:
+    """(out_size, in_size) matrix U with ``U @ v`` = ``F.interpolate`` of ``v`` along one axis.
+
+    Bilinear, ``align_corners=False``, as PyTorch computes it for an explicit output size:
+    source coordinate ``(i + 0.5) * in / out - 0.5`` clamped at 0, neighbours ``floor`` and
+    ``floor + 1`` (clamped at the last row).
+    """
+    i = torch.arange(out_size, device=device, dtype=torch.float64)
+    src = ((i + 0.5) * (in_size / out_size) - 0.5).clamp_min(0.0)
+    lo = src.floor().long().clamp_max(in_size - 1)
+    hi = (lo + 1).clamp_max(in_size - 1)
+    frac = src - lo
+    u = torch.zeros(out_size, in_size, device=device, dtype=torch.float64)
+    u.index_put_((torch.arange(out_size, device=device), lo), 1 - frac, accumulate=True)
+    u.index_put_((torch.arange(out_size, device=device), hi), frac, accumulate=True)
+    return u
+
+
+def upsampled_window_mean(
+    feat: torch.Tensor, centres: torch.Tensor, patch_size: int, size: tuple[int, int]
+) -> torch.Tensor:
+    """``window_mean(F.interpolate(feat, size, mode="bilinear"), centres, patch_size)`` without
+    building the upsampled map: (B, C, h, w) low-resolution features -> (B, K, C).
+
+    Upsampling is linear and separable, ``D = U_y E U_x^T``, so the mean of D over rows R and
+    columns Q is ``a_R^T E a_Q`` with ``a_R`` the mean of U_y's rows in R. This skips the
+    (B, C, H, W) map and its backward: at the paper's scale (batch 256, 64 channels, 224 px) that
+    map alone is 3.3 GB per view in float32.
+    """
+    b, c, h, w = feat.shape
+    big_h, big_w = size
+    off = torch.arange(patch_size, device=feat.device) - patch_size // 2
+    uy = bilinear_weights(big_h, h, feat.device).to(feat.dtype)
+    ux = bilinear_weights(big_w, w, feat.device).to(feat.dtype)
+    ay = uy[centres[..., 0, None] + off].mean(2)  # (B, K, h)
+    ax = ux[centres[..., 1, None] + off].mean(2)  # (B, K, w)
+    return torch.einsum("bkh,bchw,bkw->bkc", ay, feat, ax)
+
+
 def _hsv_jitter(
     rgb: torch.Tensor, hue: torch.Tensor, sat: torch.Tensor, val: torch.Tensor
 ) -> torch.Tensor:

@@ -12,6 +12,7 @@ from torchgeo_ext.sampling import (
     GLCNetViews,
     match_windows,
     source_index_map,
+    upsampled_window_mean,
     view_theta,
     warp,
     window_mean,
@@ -135,6 +136,41 @@ def test_window_mean_equals_slicing():
             y, x = centres[b, k].tolist()
             ref = feat[b, :, y - 2 : y + 2, x - 2 : x + 2].mean(dim=(1, 2))
             assert torch.allclose(out[b, k], ref)
+
+
+@pytest.mark.parametrize("low, high", [((16, 16), (64, 64)), ((5, 6), (17, 23)), ((7, 9), (7, 9))])
+@pytest.mark.parametrize("patch_size", [1, 3, 4])
+def test_upsampled_window_mean_equals_upsampling_then_slicing(low, high, patch_size):
+    torch.manual_seed(7)
+    low_res = torch.randn(2, 3, *low, dtype=torch.float64, requires_grad=True)
+    half = patch_size // 2
+    gen = torch.Generator().manual_seed(8)
+    centres = torch.stack(
+        [torch.randint(half, n - patch_size + half + 1, (2, 5), generator=gen) for n in high], -1
+    )
+    dense = F.interpolate(low_res, size=high, mode="bilinear", align_corners=False)
+    expected = torch.zeros(2, 5, 3, dtype=torch.float64)
+    for b in range(2):
+        for k in range(5):
+            y, x = (int(v) - half for v in centres[b, k])
+            expected[b, k] = dense[b, :, y : y + patch_size, x : x + patch_size].mean(dim=(1, 2))
+    out = upsampled_window_mean(low_res, centres, patch_size, high)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    weights = torch.randn_like(out)
+    (g_ours,) = torch.autograd.grad((out * weights).sum(), low_res)
+    (g_ref,) = torch.autograd.grad((expected * weights).sum(), low_res)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_model_local_projection_equals_full_resolution_path():
+    torch.manual_seed(9)
+    m = GLCNetModel(backbone="resnet18", in_channels=3).double().eval()
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    centres = torch.tensor([[[8, 8], [20, 24]], [[12, 12], [27, 10]]])
+    _, local = m(x, centres, patch_size=5)
+    _, dense = m.features(x)  # the (B, 64, H, W) map D itself
+    assert dense.shape == (2, 64, 32, 32)
+    torch.testing.assert_close(local, m.local_head(window_mean(dense, centres, 5)))
 
 
 def test_views_any_band_count_and_range():

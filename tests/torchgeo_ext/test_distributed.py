@@ -107,3 +107,29 @@ def test_masked_local_loss_equals_dropping_invalid_rows():
     dropped = glcnet_loss(x["g1"], x["g2"], x["l1"][VALID], x["l2"][VALID])
     for a, b in zip(masked, dropped, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_torchgeo_fit_under_ddp_with_two_cpu_processes(potsdam_root, tmp_path):
+    """``torchgeo fit`` with Lightning's DDP (2 gloo processes) runs GLCNet's gathered step."""
+    import subprocess
+    import sys
+
+    config = Path(__file__).resolve().parents[2] / "torchgeo_ext" / "configs"
+    cmd = [
+        sys.executable, "-m", "torchgeo", "fit",
+        "--config", str(config / "glcnet_potsdam_pretrain.yaml"),
+        "--trainer.fast_dev_run", "2",
+        "--trainer.accelerator", "cpu",
+        "--trainer.devices", "2",
+        "--trainer.strategy", "ddp_spawn",
+        "--trainer.default_root_dir", str(tmp_path / "logs"),
+        "--data.init_args.root", str(potsdam_root),
+        "--data.init_args.patch_size", "48",
+        "--data.init_args.batch_size", "2",
+        "--data.init_args.num_workers", "0",
+        "--model.init_args.backbone", "resnet18",
+        "--model.init_args.size", "32",
+        "--model.init_args.patch_size", "3",
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
