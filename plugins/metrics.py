@@ -164,6 +164,16 @@ def confusion_matrix(
     keep = (target >= 0) & (target < num_classes)
     if ignore_index is not None:
         keep &= target != ignore_index
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"pred and target must hold the same number of values, got {pred.numel()} and {target.numel()}"
+        )
+    bad = keep & ((pred < 0) | (pred >= num_classes))
+    if bool(bad.any()):
+        raise ValueError(
+            f"pred holds class ids outside [0, {num_classes}) (e.g. {int(pred[bad][0])}) at "
+            f"{int(bad.sum())} counted positions"
+        )
     idx = target[keep] * num_classes + pred[keep]
     return torch.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes)
 

@@ -256,3 +256,11 @@ def test_binary_scores_auc_from_scores_differs_from_hard_label_figure():
 def test_binary_scores_single_class_auc_is_nan():
     s = binary_scores(np.array([0.2, 0.7]), np.array([1, 1]))
     assert math.isnan(s["roc_auc"]) and s["recall"] == pytest.approx(0.5)
+
+
+def test_confusion_matrix_rejects_predictions_outside_the_classes():
+    t = torch.tensor([0, 1, 2, 255])
+    with pytest.raises(ValueError, match=r"outside \[0, 3\) \(e.g. 3\) at 1 counted"):
+        confusion_matrix(t, torch.tensor([0, 3, 2, 9]), 3, ignore_index=255)  # 9 is ignored
+    with pytest.raises(ValueError, match="same number"):
+        confusion_matrix(t, torch.tensor([0, 1]), 3)
