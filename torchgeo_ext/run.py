@@ -369,84 +369,121 @@ def reproduce(ctx: RunContext) -> dict[str, float]:
     the sliding-window ``window`` (32) and ``stride`` (16) cover the paper's 256/128 window on the
     original scenes; ``source_size`` (32) training windows, ``size`` (32) views; ResNet-18
     DeepLabv3+; ``pretrain_steps`` (30) / ``finetune_steps`` (20) optimiser steps of ``batch_size``
-    (8) for every arm.
+    (8) for every arm; ``seeds`` (default: ``--seed`` alone) repeats everything (pretraining,
+    label subsets, fine-tuning) per seed and reports mean ± std.
     """
     from plugins.reporting import markdown_table
+
+    t0 = time.time()
+    opt = dict(
+        scale=float(ctx.option("scale", 0.125)),
+        source_size=int(ctx.option("source_size", 32)),
+        size=int(ctx.option("size", 32)),
+        window=int(ctx.option("window", 32)),
+        stride=int(ctx.option("stride", 16)),
+        batch_size=int(ctx.option("batch_size", 8)),
+        pretrain_steps=int(ctx.option("pretrain_steps", 30)),
+        finetune_steps=int(ctx.option("finetune_steps", 20)),
+        fractions=[float(f) for f in _as_list(ctx.option("fractions", [0.01, 0.1]))],
+    )
+    seeds = [int(v) for v in _as_list(ctx.option("seeds", [ctx.seed]))]
+    ctx.run_dir.save_config({**opt, "seeds": seeds, "backbone": ctx.option("backbone", "resnet18")})
+    per_seed = [_reproduce_seed(ctx, seed, **opt) for seed in seeds]
+
+    metrics: dict[str, float] = {}
+    rows = []
+    for key in per_seed[0]:
+        values = np.array([m[key] for m in per_seed])
+        metrics[key] = float(values.mean())
+        if len(seeds) > 1:
+            metrics[f"{key}_std"] = float(values.std())
+    for frac in opt["fractions"]:
+        for label in ARMS:
+            key = f"{label.split()[0].lower()}_{round(frac * 100)}pct"
+            n = int(per_seed[0][f"windows_{round(frac * 100)}pct"])
+            row: dict[str, Any] = {"labels": f"{frac:.0%} ({n} windows)", "init": label}
+            for m, col in (("oa", "OA"), ("kappa", "Kappa"), ("miou", "mIoU"), ("mf1", "mF1")):
+                v = np.array([r[f"{key}_{m}"] for r in per_seed])
+                row[col] = f"{v.mean():.4f}" + (f" ± {v.std():.4f}" if len(seeds) > 1 else "")
+            rows.append(row)
+    wins = sum(
+        r["glcnet_1pct_kappa"] > max(r["simclr_1pct_kappa"], r["random_1pct_kappa"])
+        for r in per_seed
+    )
+    metrics["seeds_glcnet_best_at_1pct"] = float(wins)
+    ctx.run_dir.save_table(rows, "reproduction.md")
+    metrics["seconds"] = time.time() - t0
+    ctx.run_dir.save_metrics(metrics)
+    print(markdown_table(rows))
+    print(f"seeds {seeds}: GLCNet has the best 1% Kappa in {wins} of {len(seeds)}")
+    print(PAPER_CLAIM)
+    return metrics
+
+
+ARMS = ("random init", "SimCLR (torchgeo)", "GLCNet")
+
+
+def _as_list(value: Any) -> list:
+    """``--set key=0,1,2`` arrives as a string; YAML lists as lists."""
+    if isinstance(value, str):
+        return [v for v in value.split(",") if v.strip()]
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _reproduce_seed(
+    ctx: RunContext,
+    seed: int,
+    scale: float,
+    source_size: int,
+    size: int,
+    window: int,
+    stride: int,
+    batch_size: int,
+    pretrain_steps: int,
+    finetune_steps: int,
+    fractions: list[float],
+) -> dict[str, float]:
+    """One seed of :func:`reproduce`: both pretrainings, then every arm at every label fraction."""
     from torchgeo_ext.evaluate import evaluate_scenes
 
-    seed_everything(ctx.seed, verbose=False)
+    seed_everything(seed, verbose=False)
     t0 = time.time()
-    root = ctx.data
-    scale = float(ctx.option("scale", 0.125))
-    src = int(ctx.option("source_size", 32))
-    size = int(ctx.option("size", 32))
-    window = int(ctx.option("window", 32))
-    stride = int(ctx.option("stride", 16))
-    batch = int(ctx.option("batch_size", 8))
-    p_steps = int(ctx.option("pretrain_steps", 30))
-    f_steps = int(ctx.option("finetune_steps", 20))
-    fractions = [float(f) for f in ctx.option("fractions", [0.01, 0.1])]
-    config = dict(
-        scale=scale,
-        source_size=src,
-        size=size,
-        window=window,
-        stride=stride,
-        batch_size=batch,
-        pretrain_steps=p_steps,
-        finetune_steps=f_steps,
-        fractions=fractions,
-        seed=ctx.seed,
-        backbone=ctx.option("backbone", "resnet18"),
-    )
-    ctx.run_dir.save_config(config)
-
+    root, src, batch = ctx.data, source_size, batch_size
     unlabeled = D.RSSegDataModule(root, patch_size=src, scale=scale, labels=False, val_tiles=())
     unlabeled.setup()
     glc, glc_losses = _pretrain_glcnet(
-        ctx, unlabeled.train_dataset, 3, [0, 1, 2], size, p_steps, batch
+        ctx, unlabeled.train_dataset, 3, [0, 1, 2], size, pretrain_steps, batch
     )
-    glc_ckpt = _save_task(ctx, glc, "glcnet.ckpt")
-    sim, sim_losses = _simclr(ctx, unlabeled.train_dataset, size, p_steps, batch)
-    sim_ckpt = _save_task(ctx, sim, "simclr.ckpt")
-    ctx.run_dir.plot_loss({"GLCNet": glc_losses, "SimCLR (torchgeo)": sim_losses})
+    glc_ckpt = _save_task(ctx, glc, f"glcnet_seed{seed}.ckpt")
+    sim, sim_losses = _simclr(ctx, unlabeled.train_dataset, size, pretrain_steps, batch)
+    sim_ckpt = _save_task(ctx, sim, f"simclr_seed{seed}.ckpt")
+    ctx.run_dir.plot_loss(
+        {"GLCNet": glc_losses, "SimCLR (torchgeo)": sim_losses}, name=f"loss_seed{seed}.png"
+    )
+    metrics: dict[str, float] = {"pretrain_seconds": time.time() - t0}
 
     test = D.RSSegDataModule(root, scale=scale).test_scenes()
-    rows, metrics, overlay = [], {}, {}
+    overlay = {}
     for frac in fractions:
         dm = D.RSSegDataModule(
-            root, patch_size=src, scale=scale, label_fraction=frac, seed=ctx.seed, batch_size=batch
+            root, patch_size=src, scale=scale, label_fraction=frac, seed=seed, batch_size=batch
         )
         dm.setup()
-        for label, ckpt, dec in [
-            ("random init", None, False),
-            ("SimCLR (torchgeo)", str(sim_ckpt), False),
-            ("GLCNet", str(glc_ckpt), True),
-        ]:
-            seed_everything(ctx.seed, verbose=False)
-            model = _finetune(ctx, dm, ckpt, dec, f_steps, batch)
+        for label, ckpt, dec in zip(
+            ARMS, [None, str(sim_ckpt), str(glc_ckpt)], [False, False, True]
+        ):
+            seed_everything(seed, verbose=False)
+            model = _finetune(ctx, dm, ckpt, dec, finetune_steps, batch)
             scores, preds = evaluate_scenes(
                 model, [(i, m) for _, i, m in test], 6, window, stride, 255, ctx.device
             )
             key = f"{label.split()[0].lower()}_{round(frac * 100)}pct"
             for m in ("oa", "kappa", "miou", "mf1"):
                 metrics[f"{key}_{m}"] = scores[m]
-            rows.append(
-                {
-                    "labels": f"{frac:.0%} ({len(dm.train_dataset)} windows)",
-                    "init": label,
-                    "OA": scores["oa"],
-                    "Kappa": scores["kappa"],
-                    "mIoU": scores["miou"],
-                    "mF1": scores["mf1"],
-                }
-            )
             if frac == fractions[-1]:
                 overlay[label] = preds[0]
-    _overlay(ctx, test[0], overlay)
-    ctx.run_dir.save_table(rows, "reproduction.md")
-    metrics["seconds"] = time.time() - t0
-    ctx.run_dir.save_metrics(metrics)
-    print(markdown_table(rows))
-    print(PAPER_CLAIM)
+        metrics[f"windows_{round(frac * 100)}pct"] = float(len(dm.train_dataset))
+    if seed == int(_as_list(ctx.option("seeds", [ctx.seed]))[0]):
+        _overlay(ctx, test[0], overlay)
+    metrics["seed_seconds"] = time.time() - t0
     return metrics
