@@ -3,6 +3,7 @@
 * :func:`load_digits` - scikit-learn's 1,797 real 8x8 handwritten digits (embedded default).
 * :func:`load_cifar10` - CIFAR-10 python pickle batches (reads whichever batches exist).
 * :func:`load_image_folder` - class-per-folder images.
+* :func:`load_train_test` - train/test sets of a named data set, array file or folder.
 * :func:`shared_data_dir` / :func:`shared_path` - the larger real data sets beside the repo.
 """
 
@@ -15,8 +16,10 @@ from plugins.data.loaders import (
     load_cifar10,
     load_digits,
     load_image_folder,
+    load_train_test,
     shared_data_dir,
     shared_path,
+    stratified_split,
 )
 
 __all__ = [
@@ -26,7 +29,9 @@ __all__ = [
     "load_cifar10",
     "load_digits",
     "load_image_folder",
+    "load_train_test",
     "random_resized_crop_params",
     "shared_data_dir",
     "shared_path",
+    "stratified_split",
 ]

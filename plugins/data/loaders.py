@@ -196,3 +196,47 @@ def load_image_folder(
         )
     x = torch.from_numpy(np.stack(xs)).float() / 255.0
     return ImageTensorDataset(x, torch.tensor(ys, dtype=torch.long), classes)
+
+
+def stratified_split(
+    labels: torch.Tensor, test_fraction: float = 0.3, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a class-stratified train/test split (scikit-learn ``train_test_split``)."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    return train_test_split(
+        idx, test_size=test_fraction, stratify=labels.numpy(), random_state=seed
+    )
+
+
+def load_train_test(
+    data: str | None, size: int | None = None
+) -> tuple[ImageTensorDataset, ImageTensorDataset, str]:
+    """Train and test sets of an image data set named or found at ``data``; returns ``(train, test, name)``.
+
+    ``None`` or ``"digits"``: scikit-learn digits (70/30 stratified split); ``"cifar10"``: the shared
+    subset (train batch / test batch); a ``.npz``/``.pt`` array file; a folder: CIFAR pickle batches or
+    class-per-folder images."""
+    from pathlib import Path
+
+    if data in (None, "digits"):
+        d = load_digits(size=size)
+        tr, te = stratified_split(d.labels)
+        return d.subset(tr), d.subset(te), "digits"
+    if data == "cifar10":
+        return load_cifar10(train=True), load_cifar10(train=False), "cifar10"
+    path = Path(data)
+    if not path.exists():
+        raise UserInputError(f"data path {path} does not exist.")
+    if path.suffix in (".npz", ".pt", ".pth"):
+        from plugins.data.arrays import load_array_file
+
+        d = load_array_file(path)
+        tr, te = stratified_split(d.labels)
+        return d.subset(tr), d.subset(te), str(path)
+    if (path / "cifar-10-batches-py").is_dir() or (path / "test_batch").exists():
+        return load_cifar10(path, train=True), load_cifar10(path, train=False), str(path)
+    d = load_image_folder(path, size=size or 64)
+    tr, te = stratified_split(d.labels)
+    return d.subset(tr), d.subset(te), str(path)

@@ -33,9 +33,9 @@ PAPER_CIFAR10 = {
 
 
 def _load(data: str | None, size: int | None) -> tuple[ImageTensorDataset, ImageTensorDataset, str]:
-    from plugins.methods.simclr import load_dataset
+    from plugins.data import load_train_test
 
-    train, test, name = load_dataset(data)
+    train, test, name = load_train_test(data)
     if size is not None and size != train.images.shape[-1]:
         import torch.nn.functional as F
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, replace
 import torch
 import torch.nn.functional as F
 
-from plugins.data import ImageTensorDataset, check_finite
+from plugins.data import ImageTensorDataset, check_finite, load_train_test
 from plugins.methods.directclr import (
     MODES,
     DirectCLR,
@@ -29,7 +29,7 @@ from plugins.methods.directclr_toy import (
     strong_augmentation_toy,
 )
 from plugins.methods.directclr_train import train_directclr
-from plugins.methods.simclr import TinyResNet, embed, evaluate_representation, load_dataset
+from plugins.methods.simclr import TinyResNet, embed, evaluate_representation
 from plugins.metrics import spectrum
 from plugins.reporting import RunContext, RunDir
 
@@ -84,7 +84,7 @@ def _balanced_head(ds: ImageTensorDataset, n: int | None) -> ImageTensorDataset:
 def _prepare(ctx: RunContext, cifar_defaults: dict):
     is_small = ctx.data in (None, "digits")
     size = ctx.option("image_size", 16 if is_small else cifar_defaults["image_size"])
-    train_set, test_set, name = load_dataset(ctx.data)
+    train_set, test_set, name = load_train_test(ctx.data)
     train_set, test_set = _resize(train_set, size), _resize(test_set, size)
     check_finite(train_set.images, f"images of {name}")
     return train_set, test_set, name, size

@@ -132,10 +132,10 @@ def _resized(d: ImageTensorDataset, size: int) -> ImageTensorDataset:
 
 def run(ctx: RunContext) -> dict[str, float]:
     """Train HCSC on ``ctx.data`` (default: digits upsampled to 16 px) and evaluate kNN / linear probe."""
-    from plugins.methods.simclr import load_dataset
+    from plugins.data import load_train_test
 
     size = ctx.option("image_size", 16 if ctx.data in (None, "digits") else None)
-    train_set, test_set, data_name = load_dataset(ctx.data, size=size)
+    train_set, test_set, data_name = load_train_test(ctx.data, size=size)
     check_finite(train_set.images, f"images of {data_name}")
     epochs = int(ctx.epochs or (3 if ctx.demo else 40))
     cfg = cpu_config(ctx, len(train_set), epochs)
@@ -175,9 +175,9 @@ def reproduce(ctx: RunContext) -> dict[str, float]:
         train_set = load_cifar10(train=True, limit=limit)
         test_set = load_cifar10(train=False, limit=test_limit)
     else:
-        from plugins.methods.simclr import load_dataset
+        from plugins.data import load_train_test
 
-        train_set, test_set, _ = load_dataset(ctx.data)
+        train_set, test_set, _ = load_train_test(ctx.data)
     if size != train_set.images.shape[-1]:
         train_set, test_set = _resized(train_set, size), _resized(test_set, size)
     data_name = (

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 import torchvision
 from torch import nn
@@ -20,9 +19,7 @@ from plugins.data import (
     ImageTensorDataset,
     TwoViewAugment,
     check_finite,
-    load_cifar10,
-    load_digits,
-    load_image_folder,
+    load_train_test,
 )
 from plugins.errors import UserInputError
 from plugins.heads import ProjectionHead
@@ -38,7 +35,6 @@ __all__ = [
     "train_simclr",
     "embed",
     "evaluate_representation",
-    "load_dataset",
     "run",
     "reproduce",
 ]
@@ -237,54 +233,13 @@ def evaluate_representation(
     }
 
 
-def stratified_split(
-    labels: torch.Tensor, test_fraction: float = 0.3, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.model_selection import train_test_split
-
-    idx = np.arange(len(labels))
-    return train_test_split(
-        idx, test_size=test_fraction, stratify=labels.numpy(), random_state=seed
-    )
-
-
-def load_dataset(
-    data: str | None, size: int | None = None
-) -> tuple[ImageTensorDataset, ImageTensorDataset, str]:
-    """``None`` or ``"digits"``: scikit-learn digits (70/30 stratified split); ``"cifar10"``: the shared
-    subset (train batch / test batch); a ``.npz``/``.pt`` array file; a folder: CIFAR pickle batches or
-    class-per-folder images."""
-    from pathlib import Path
-
-    if data in (None, "digits"):
-        d = load_digits(size=size)
-        tr, te = stratified_split(d.labels)
-        return d.subset(tr), d.subset(te), "digits"
-    if data == "cifar10":
-        return load_cifar10(train=True), load_cifar10(train=False), "cifar10"
-    path = Path(data)
-    if not path.exists():
-        raise UserInputError(f"data path {path} does not exist.")
-    if path.suffix in (".npz", ".pt", ".pth"):
-        from plugins.data.arrays import load_array_file
-
-        d = load_array_file(path)
-        tr, te = stratified_split(d.labels)
-        return d.subset(tr), d.subset(te), str(path)
-    if (path / "cifar-10-batches-py").is_dir() or (path / "test_batch").exists():
-        return load_cifar10(path, train=True), load_cifar10(path, train=False), str(path)
-    d = load_image_folder(path, size=size or 64)
-    tr, te = stratified_split(d.labels)
-    return d.subset(tr), d.subset(te), str(path)
-
-
 def run(ctx: RunContext) -> dict[str, float]:
     """``contrastive-plugins run simclr``: train, evaluate against random init, write plots and metrics."""
     cfg = SimCLRConfig(
         arch=ctx.option("arch", "tiny"), batch_size=int(ctx.option("batch_size", 256))
     )
     size = ctx.option("image_size", 16 if ctx.data in (None, "digits") else None)
-    train_set, test_set, data_name = load_dataset(ctx.data, size=size)
+    train_set, test_set, data_name = load_train_test(ctx.data, size=size)
     check_finite(train_set.images, f"images of {data_name}")
     cfg.epochs = ctx.epochs or (8 if ctx.demo else cfg.epochs)
     ctx.run_dir.save_config(

@@ -6,13 +6,13 @@ import json
 import pytest
 import torch
 
+from plugins.data import load_train_test
 from plugins.losses import nt_xent
 from plugins.methods.simclr import (
     SimCLR,
     SimCLRConfig,
     TinyResNet,
     evaluate_representation,
-    load_dataset,
     small_resnet,
     train_simclr,
 )
@@ -42,7 +42,7 @@ def test_unknown_arch_is_a_clear_error():
 
 
 def test_training_beats_random_init_on_digits():
-    train_set, test_set, _ = load_dataset(None, size=16)
+    train_set, test_set, _ = load_train_test(None, size=16)
     torch.manual_seed(0)
     random_scores = evaluate_representation(TinyResNet(1), train_set, test_set, device="cpu")
     model, losses = train_simclr(
