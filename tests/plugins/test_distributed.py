@@ -8,17 +8,15 @@ the per-rank losses must equal the single-process loss.
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from plugins import distributed as D
 from plugins.heads import FeatureQueue
 from plugins.losses import info_nce, nt_xent, sup_con
+from plugins.testing import run_gloo
 
 pytestmark = pytest.mark.distributed
 
@@ -78,54 +76,43 @@ def _sup_con_cases(gather: bool) -> dict[str, callable]:
     }
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
+def _worker(rank: int, out_dir: str) -> None:
+    # the gloo group is set up (and torn down) by plugins.testing.run_gloo
+    x = _inputs()
+    rows = slice(rank * N_LOCAL, (rank + 1) * N_LOCAL)
+    result: dict[str, object] = {"rank": D.rank(), "world_size": D.world_size()}
+    for name, fn in _losses(x, gather=True).items():
+        a = x["z1"][rows].clone().requires_grad_(True)
+        b = x["z2"][rows].clone().requires_grad_(True)
+        loss = fn(a, b)
+        loss.backward()
+        result[name] = (loss.detach(), a.grad, b.grad)
+    for name, fn in _sup_con_cases(gather=True).items():
+        f = x["f"][rows].clone().requires_grad_(True)
+        loss = fn(f, x["labels"][rows])
+        loss.backward()
+        result[name] = (loss.detach(), f.grad)
+
+    queue = FeatureQueue(QUEUE_SIZE, DIM)
+    queue.features.normal_()  # deliberately different start on each rank: every slot is overwritten
+    slots = []
+    for step in range(x["keys"].shape[0]):
+        keys = x["keys"][step, rank * KEYS_PER_RANK : (rank + 1) * KEYS_PER_RANK]
+        tags = torch.arange(KEYS_PER_RANK) + 100 * step + 10 * rank
+        slots.append(queue.enqueue(keys, tags))
+    result["queue"] = (
+        queue.features.clone(),
+        queue.tags.clone(),
+        int(queue.ptr),
+        torch.stack(slots),
     )
-    try:
-        x = _inputs()
-        rows = slice(rank * N_LOCAL, (rank + 1) * N_LOCAL)
-        result: dict[str, object] = {"rank": D.rank(), "world_size": D.world_size()}
-        for name, fn in _losses(x, gather=True).items():
-            a = x["z1"][rows].clone().requires_grad_(True)
-            b = x["z2"][rows].clone().requires_grad_(True)
-            loss = fn(a, b)
-            loss.backward()
-            result[name] = (loss.detach(), a.grad, b.grad)
-        for name, fn in _sup_con_cases(gather=True).items():
-            f = x["f"][rows].clone().requires_grad_(True)
-            loss = fn(f, x["labels"][rows])
-            loss.backward()
-            result[name] = (loss.detach(), f.grad)
-
-        queue = FeatureQueue(QUEUE_SIZE, DIM)
-        queue.features.normal_()  # deliberately different start on each rank: every slot is overwritten
-        slots = []
-        for step in range(x["keys"].shape[0]):
-            keys = x["keys"][step, rank * KEYS_PER_RANK : (rank + 1) * KEYS_PER_RANK]
-            tags = torch.arange(KEYS_PER_RANK) + 100 * step + 10 * rank
-            slots.append(queue.enqueue(keys, tags))
-        result["queue"] = (
-            queue.features.clone(),
-            queue.tags.clone(),
-            int(queue.ptr),
-            torch.stack(slots),
-        )
-        torch.save(result, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    torch.save(result, Path(out_dir) / f"rank{rank}.pt")
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    run_gloo(_worker, WORLD, str(out))
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 

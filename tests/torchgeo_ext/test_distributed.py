@@ -8,14 +8,12 @@ of the same rows, and the mean of the per-rank losses must equal the single-proc
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from plugins.testing import run_gloo
 from torchgeo_ext.loss import glcnet_loss
 
 pytestmark = pytest.mark.distributed
@@ -48,38 +46,26 @@ def _loss(x: dict[str, torch.Tensor], valid: torch.Tensor, gather: bool, case: s
     )[0]  # fmt: skip
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
-    )
-    try:
-        full = _inputs()
-        img = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
-        win = slice(rank * B_LOCAL * K, (rank + 1) * B_LOCAL * K)
-        result = {}
-        for case in CASES:
-            x = {
-                k: v[img if k[0] == "g" else win].clone().requires_grad_(True)
-                for k, v in full.items()
-            }
-            loss = _loss(x, VALID[win], True, case)
-            loss.backward()
-            result[case] = (loss.detach(), {k: v.grad for k, v in x.items()})
-        torch.save(result, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _worker(rank: int, out_dir: str) -> None:
+    # the gloo group is set up (and torn down) by plugins.testing.run_gloo
+    full = _inputs()
+    img = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
+    win = slice(rank * B_LOCAL * K, (rank + 1) * B_LOCAL * K)
+    result = {}
+    for case in CASES:
+        x = {
+            k: v[img if k[0] == "g" else win].clone().requires_grad_(True) for k, v in full.items()
+        }
+        loss = _loss(x, VALID[win], True, case)
+        loss.backward()
+        result[case] = (loss.detach(), {k: v.grad for k, v in x.items()})
+    torch.save(result, Path(out_dir) / f"rank{rank}.pt")
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("glcnet_ddp")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    run_gloo(_worker, WORLD, str(out))
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
