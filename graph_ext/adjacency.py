@@ -1,15 +1,75 @@
 """Symmetric GCN normalisation D^-1/2 (A + I) D^-1/2 (Kipf & Welling, ICLR 2017, eq. 2).
 
-Dense for sampled subgraphs and the attack (which perturbs the dense matrix), sparse for full-graph
-inference. The dense form scales rows and columns by broadcasting, ``d[:, None] * A * d[None, :]``,
+Sparse for the stochastic views and full-graph inference, dense for the attack (which perturbs,
+and differentiates with respect to, every entry). The dense form scales rows and columns by
+broadcasting, ``d[:, None] * A * d[None, :]``,
 instead of the two N x N products ``diag(d) @ A @ diag(d)`` of the reference code.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
-__all__ = ["dense_adjacency", "normalize_dense", "normalized_adjacency"]
+__all__ = [
+    "DenseWithSparseCopy",
+    "adjacency_matmul",
+    "dense_adjacency",
+    "normalize_dense",
+    "normalized_adjacency",
+    "with_sparse_copy",
+]
+
+
+class DenseWithSparseCopy(NamedTuple):
+    """A dense (N, N) matrix that carries gradient, with a sparse copy of its current values.
+
+    ``GCNLayer`` multiplies by the sparse copy and still returns the dense gradient
+    ``dL/dA = g h^T`` (every entry, zeros included), so a mostly-zero but differentiable adjacency
+    (the attack's relaxed ``A + S o (11^T - 2A - I)``) costs sparse products forward and for
+    ``dL/dh``, and one dense product for ``dL/dA``. Build it with :func:`with_sparse_copy`.
+    """
+
+    dense: torch.Tensor
+    sparse: torch.Tensor
+    sparse_t: torch.Tensor
+
+
+def with_sparse_copy(
+    adj: torch.Tensor, max_density: float = 0.1
+) -> DenseWithSparseCopy | torch.Tensor:
+    """``adj`` with a sparse copy of its values (:class:`DenseWithSparseCopy`), or ``adj`` itself
+    if more than ``max_density`` of its entries are non-zero (dense products are faster then)."""
+    values = adj.detach()
+    sparse = values.to_sparse()
+    if sparse._nnz() > max_density * adj.numel():
+        return adj
+    return DenseWithSparseCopy(adj, sparse, values.T.to_sparse())
+
+
+class _SparseForwardMatmul(torch.autograd.Function):
+    """``A @ h`` by the sparse copy; backward ``dA = g h^T`` (dense), ``dh = A^T g`` (sparse)."""
+
+    @staticmethod
+    def forward(ctx, dense, sparse, sparse_t, h):  # type: ignore[override]
+        ctx.save_for_backward(h)
+        ctx.sparse_t = sparse_t
+        return torch.sparse.mm(sparse, h)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        (h,) = ctx.saved_tensors
+        grad_a = g @ h.T if ctx.needs_input_grad[0] else None
+        grad_h = torch.sparse.mm(ctx.sparse_t, g) if ctx.needs_input_grad[3] else None
+        return grad_a, None, None, grad_h
+
+
+def adjacency_matmul(adj: torch.Tensor | DenseWithSparseCopy, h: torch.Tensor) -> torch.Tensor:
+    """``adj @ h`` for a dense, sparse or :class:`DenseWithSparseCopy` adjacency (differentiable)."""
+    if isinstance(adj, DenseWithSparseCopy):
+        return _SparseForwardMatmul.apply(adj.dense, adj.sparse, adj.sparse_t, h)
+    return adj @ h if adj.layout == torch.strided else torch.sparse.mm(adj, h)
 
 
 def _check_edges(edge_index: torch.Tensor, num_nodes: int) -> None:

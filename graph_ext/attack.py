@@ -6,6 +6,12 @@ The attack maximises the contrastive loss between the (fixed) view-1 embedding a
 clean subgraph while the encoder is frozen: gradients are taken only with respect to the flip
 variables and the feature perturbation (``torch.autograd.grad``), so no parameter ``.grad`` is
 touched and no ``requires_grad`` toggling is needed.
+
+What each step computes is the paper's; how, avoids repeated work: view 1's embedding and its
+z1-z1 logit block are computed once (:func:`graph_ext.loss.grace_loss_to_fixed`, the same loss and
+gradient from half the logits), ``X W_1`` once (sparse when ``X`` is), the feature gradient is
+``dL/d(XW_1 + delta W_1) @ W_1`` (the chain rule through the first linear layer), and the relaxed
+adjacency is assembled from ``A + I`` and ``1 - 2A`` built once per attack.
 """
 
 from __future__ import annotations
@@ -15,8 +21,8 @@ from typing import NamedTuple
 
 import torch
 
-from graph_ext.adjacency import normalize_dense
-from graph_ext.loss import grace_loss
+from graph_ext.adjacency import with_sparse_copy
+from graph_ext.loss import fixed_view, grace_loss_to_fixed
 from graph_ext.model import ARIEL
 
 __all__ = ["AdversarialView", "flip_edges", "pgd_adversarial_view", "project_capped_simplex"]
@@ -64,7 +70,7 @@ def project_capped_simplex(s: torch.Tensor, budget: float, iters: int = 32) -> t
     lo, hi = s.min() - 1.0, s.max()  # sum(clamp(s - lo)) = numel >= budget, sum(clamp(s - hi)) = 0
     for _ in range(iters):
         mid = (lo + hi) / 2
-        over = (s - mid).clamp(0.0, 1.0).sum() > budget
+        over = (s - mid).clamp_(0.0, 1.0).sum() > budget
         lo = torch.where(over, mid, lo)
         hi = torch.where(over, hi, mid)
     projected = (s - hi).clamp(0.0, 1.0)
@@ -112,24 +118,26 @@ def pgd_adversarial_view(
     feature_eps: float = 0.04,
     temperature: float | None = None,
     generator: torch.Generator | None = None,
+    x_sparse: torch.Tensor | None = None,
 ) -> AdversarialView:
     """Adversarial view of ``graph`` against ``view1`` by T steps of PGD (ARIEL, Sec. 4.2).
 
-    Each step takes the gradient of ``grace_loss(z1, z_adv)`` with respect to the continuous flip
-    variables S and the feature perturbation delta, then::
+    Each step takes the gradient of ``grace_loss(z1, z_adv)`` (ARIEL Sec. 4.2) with respect to the
+    continuous flip variables S and the feature perturbation delta, then (eq. 5-8)::
 
         S     <- Proj_{0<=S<=1, sum S<=budget}(S + alpha / sqrt(t + 1) * grad_S)
         delta <- clamp(delta + beta * sign(grad_delta), -feature_eps, feature_eps)
 
-    and finally draws discrete flips from Bernoulli(S). The view-1 embedding is computed once, not
-    per step (it does not depend on S or delta).
+    and finally draws discrete flips from Bernoulli(S). ``z_adv`` is the model's embedding of
+    ``(X + delta, D^-1/2 (A + I + S o (11^T - 2A - I)) D^-1/2)``. The view-1 embedding and its
+    z1-z1 logit block are computed once, not per step (they depend on neither S nor delta).
 
     Args:
         model: the ARIEL model (treated as frozen; its parameters get no gradient).
         view1: the (n, h) projected view-1 embedding (detached here), or ``(x1, adj1_normalised)``
             to compute it.
         graph: ``(adj, x)``: the clean subgraph's (n, n) symmetric 0/1 adjacency with zero diagonal
-            and its (n, F) features.
+            and its (n, F) dense features.
         steps: T.
         edge_budget: maximum number of flipped node pairs (ARIEL: 20% of the undirected edges).
         alpha: edge step size.
@@ -137,6 +145,7 @@ def pgd_adversarial_view(
         feature_eps: L-infinity bound on delta.
         temperature: loss temperature (default: ``model.config.temperature``).
         generator: RNG for the Bernoulli draw.
+        x_sparse: optional sparse (CSR/COO) copy of ``x``; ``X W_1`` is then a sparse product.
 
     Returns:
         :class:`AdversarialView` ``(adj, x, flip_probs, delta)``.
@@ -150,17 +159,28 @@ def pgd_adversarial_view(
     temperature = model.config.temperature if temperature is None else temperature
     with torch.no_grad():
         z1 = view1 if isinstance(view1, torch.Tensor) else model.embed_projected(*view1)
-    z1 = z1.detach()
+        anchor = fixed_view(z1, temperature)
+        weight = model.first_weight.detach()  # W_1 (2h, F)
+        xw = model.first_linear(x if x_sparse is None else x_sparse)  # X W_1, constant
+        eye = torch.eye(n, dtype=adj.dtype, device=adj.device)
+        adj_loops = adj + eye  # A + I
+        complement = 1.0 - 2.0 * adj  # 11^T - 2A - I off the diagonal (S has a zero diagonal)
     upper = torch.triu_indices(n, n, 1, device=adj.device)
     s = torch.zeros(upper.shape[1], dtype=adj.dtype, device=adj.device)
     delta = torch.zeros_like(x)
     for t in range(steps):
         s.requires_grad_(True)
-        delta.requires_grad_(True)
-        adj_p = normalize_dense(flip_edges(adj, s, upper))
-        loss = grace_loss(z1, model.embed_projected(x + delta, adj_p), temperature)
-        grad_s, grad_d = torch.autograd.grad(loss, [s, delta])
+        with torch.no_grad():  # (X + delta) W_1; delta = 0 at the first step
+            h0 = xw.detach() if t == 0 else torch.addmm(xw, delta, weight.T)
+        h0.requires_grad_(True)
+        flips = adj.new_zeros(n, n).index_put((upper[0], upper[1]), s)
+        relaxed = adj_loops + (flips + flips.T) * complement  # A + I + S o (11^T - 2A - I)
+        d = relaxed.sum(1).rsqrt()  # >= 1 thanks to the self-loop
+        adj_p = with_sparse_copy(d[:, None] * relaxed * d[None, :])  # S is mostly 0 after Proj
+        loss = grace_loss_to_fixed(anchor, model.embed_projected_from_linear(h0, adj_p))
+        grad_s, grad_h0 = torch.autograd.grad(loss, [s, h0])
         with torch.no_grad():
+            grad_d = grad_h0 @ weight  # dL/d delta through h0 = (X + delta) W_1^T
             s = project_capped_simplex(s + alpha / math.sqrt(t + 1) * grad_s, edge_budget)
             delta = (delta + beta * grad_d.sign()).clamp(-feature_eps, feature_eps)
     s, delta = s.detach(), delta.detach()

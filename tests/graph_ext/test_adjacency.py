@@ -42,3 +42,22 @@ def test_random_symmetric_graph_is_symmetric_and_matches() -> None:
 def test_out_of_range_edges_raise() -> None:
     with pytest.raises(ValueError, match="4 nodes"):
         normalized_adjacency(torch.tensor([[0, 4], [1, 0]]), 4)
+
+
+def test_sparse_copy_product_has_the_dense_values_and_gradients() -> None:
+    from graph_ext.adjacency import adjacency_matmul, with_sparse_copy
+
+    g = torch.Generator().manual_seed(0)
+    s = torch.rand(40, 40, generator=g, dtype=torch.float64)
+    s = (s * (s > 0.95)).requires_grad_(True)  # ~5% non-zero, gradient wanted for every entry
+    h = torch.randn(40, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(40, 3, generator=g, dtype=torch.float64)
+    a = s * 2.0 + s.T  # a non-symmetric function of the variable
+    expected = torch.autograd.grad(((a @ h) * w).sum(), [s, h])
+    a = s * 2.0 + s.T
+    copy = with_sparse_copy(a, max_density=0.2)
+    assert not isinstance(copy, torch.Tensor)
+    got = torch.autograd.grad((adjacency_matmul(copy, h) * w).sum(), [s, h])
+    for e, o in zip(expected, got, strict=True):
+        torch.testing.assert_close(o, e, rtol=1e-12, atol=1e-12)
+    assert with_sparse_copy(a, max_density=0.01) is a  # too dense: the matrix itself

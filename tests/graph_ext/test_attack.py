@@ -8,6 +8,7 @@ from graph_ext.attack import flip_edges, pgd_adversarial_view, project_capped_si
 from graph_ext.config import ARIELConfig
 from graph_ext.loss import grace_loss
 from graph_ext.model import ARIEL
+from graph_ext.train import sparse_features
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -43,9 +44,9 @@ def test_projection_float32_stays_within_budget() -> None:
     assert torch.equal(project_capped_simplex(p, 100.0), p)
 
 
-def _setup(n: int = 24, f: int = 10):
+def _setup(n: int = 24, f: int = 10, p: float = 0.2):
     g = torch.Generator().manual_seed(0)
-    a = (torch.rand(n, n, generator=g) < 0.2).triu(1)
+    a = (torch.rand(n, n, generator=g) < p).triu(1)
     a = a | a.T
     edge_index = a.nonzero().T
     adj = dense_adjacency(edge_index, n)
@@ -103,3 +104,42 @@ def test_flip_edges_flips_exactly_the_chosen_pairs() -> None:
     upper = torch.triu_indices(3, 3, 1)  # pairs (0,1), (0,2), (1,2)
     out = flip_edges(adj, torch.tensor([1.0, 1.0, 0.0]), upper)
     assert torch.equal(out, torch.tensor([[0.0, 0, 1], [0, 0, 0], [1, 0, 0]]))
+
+
+def _reference_pgd(model, z1, adj, x, steps, budget, alpha, beta, feature_eps, t):
+    """ARIEL's PGD written plainly: full grace_loss, dense flip matrix, autograd w.r.t. S and delta."""
+    n = adj.shape[0]
+    upper = torch.triu_indices(n, n, 1)
+    s = torch.zeros(upper.shape[1], dtype=adj.dtype)
+    delta = torch.zeros_like(x)
+    for k in range(steps):
+        s.requires_grad_(True)
+        delta.requires_grad_(True)
+        adj_p = normalize_dense(flip_edges(adj, s, upper))
+        loss = grace_loss(z1, model.embed_projected(x + delta, adj_p), t)
+        grad_s, grad_d = torch.autograd.grad(loss, [s, delta])
+        with torch.no_grad():
+            s = project_capped_simplex(s + alpha / (k + 1) ** 0.5 * grad_s, budget)
+            delta = (delta + beta * grad_d.sign()).clamp(-feature_eps, feature_eps)
+    return s.detach(), delta.detach()
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("n,p", [(30, 0.2), (120, 0.02)])  # relaxed adjacency dense / sparse copy
+def test_pgd_equals_the_plain_reference(sparse: bool, n: int, p: float) -> None:
+    """Same S and delta as the plain implementation (float64), with dense or sparse features."""
+    model, adj, x, view1 = _setup(n=n, f=12, p=p)
+    model = model.double()
+    adj, x = adj.double(), x.double()
+    view1 = (view1[0].double(), view1[1].double())
+    with torch.no_grad():
+        z1 = model.embed_projected(*view1)
+    budget = 0.2 * float(adj.triu(1).sum())
+    args = (5, budget, 200.0, 0.01, 0.04)
+    s_ref, d_ref = _reference_pgd(model, z1, adj, x, *args, 0.5)
+    x_sparse = sparse_features(x, max_density=1.0) if sparse else None  # CSR copy
+    adv = pgd_adversarial_view(model, z1, (adj, x), *args, 0.5, x_sparse=x_sparse)
+    assert torch.count_nonzero(s_ref) > 0 and torch.count_nonzero(d_ref) > 0
+    torch.testing.assert_close(adv.delta, d_ref, rtol=0.0, atol=1e-15)
+    torch.testing.assert_close(adv.flip_probs, s_ref, rtol=0.0, atol=1e-7)
+    assert all(p.grad is None for p in model.parameters())

@@ -67,3 +67,57 @@ def test_options_override_known_fields_and_reject_typos() -> None:
     assert cfg.lr == 0.01 and cfg.drop_edge == (0.1, 0.2) and cfg.hidden == 256
     with pytest.raises(UserInputError, match="unknown option --set lrr"):
         cfg.with_options({"lrr": 0.1})
+
+
+def test_sparse_feature_helpers_match_dense() -> None:
+    from graph_ext.train import select_rows, sparse_features
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(20, 30, generator=g) < 0.05).float() * torch.rand(20, 30, generator=g)
+    assert sparse_features(torch.rand(5, 4) + 0.1) is None  # dense features stay dense
+    xs = sparse_features(x)
+    assert xs is not None and xs.layout == torch.sparse_csr
+    rows = torch.tensor([7, 0, 19, 7, 3])
+    assert torch.equal(select_rows(xs, rows).to_dense(), x[rows])
+    torch.manual_seed(1)
+    dense = mask_feature_columns(x, 0.5)
+    torch.manual_seed(1)
+    assert torch.equal(mask_feature_columns(xs, 0.5).to_dense(), dense)
+
+
+def test_first_linear_split_equals_the_plain_encoder() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(9, 6, generator=g) < 0.3).double()
+    delta = torch.randn(9, 6, generator=g, dtype=torch.float64) * 0.04
+    adj = torch.rand(9, 9, generator=g, dtype=torch.float64)
+    torch.manual_seed(0)
+    model = ARIEL(6, ARIELConfig(hidden=4, proj_hidden=4, activation="prelu")).double()
+    expected = model.embed_projected(x + delta, adj)
+    for feats in (x, x.to_sparse_csr()):
+        h0 = model.first_linear(feats, delta)
+        torch.testing.assert_close(model.embed_projected_from_linear(h0, adj), expected)
+    torch.testing.assert_close(
+        model.embed_projected(x.to_sparse_csr(), adj), model.embed_projected(x, adj)
+    )
+
+
+@pytest.mark.parametrize("eps,lam", [(0.5, 0.0), (1.0, 2.0)])
+def test_objective_with_sparse_features_equals_dense(eps: float, lam: float) -> None:
+    from graph_ext.train import sparse_features
+
+    data = _ring(16)
+    x = (torch.rand(16, 40, generator=torch.Generator().manual_seed(2)) < 0.08).float()
+    cfg = ARIELConfig(hidden=4, proj_hidden=4, eps=eps, lam=lam, attack_steps=3)
+    results = []
+    for xs in (None, sparse_features(x)):
+        torch.manual_seed(0)
+        model = ARIEL(40, cfg)
+        loss, parts = training_loss(model, data.edge_index, x, xs)
+        loss.backward()
+        results.append((parts, [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (dense_parts, dense_grads), (sparse_parts, sparse_grads) = results
+    assert dense_parts.keys() == sparse_parts.keys()
+    for key, value in dense_parts.items():
+        assert sparse_parts[key] == pytest.approx(value, rel=1e-5, abs=1e-6)
+    for a, b in zip(dense_grads, sparse_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
