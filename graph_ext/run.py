@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -142,25 +140,14 @@ def _plots(
         run_dir.save_figure(fig, "attack_flips.png")
 
 
-@contextmanager
-def _few_threads_for_small_graphs(num_nodes: int) -> Iterator[None]:
-    """One intra-op thread for graphs under 1,000 nodes: their ops are too small to split, and on a
-    shared CPU the thread hand-offs made the 30-node demo several times slower."""
-    before = torch.get_num_threads()
-    if num_nodes < 1000:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _run(ctx: RunContext, method: str) -> dict[str, float]:
     raw, name = load_graph(ctx.data or ctx.option("dataset"))
     epochs = ctx.epochs or (DEMO_EPOCHS if ctx.demo else None)
     cfg = _config(method, name, ctx.options, epochs)
     splits = int(ctx.option("splits", 5 if ctx.demo else 20))
-    with _few_threads_for_small_graphs(raw.num_nodes):
+    # graphs under 1,000 nodes: ops too small to split; thread hand-offs made the 30-node demo
+    # several times slower on a shared CPU
+    with ctx.cpu_threads(1 if raw.num_nodes < 1000 else None):
         return _train_and_evaluate(method, raw, name, cfg, ctx, ctx.run_dir, splits)
 
 

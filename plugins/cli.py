@@ -72,6 +72,7 @@ def _context(spec: MethodSpec, args: argparse.Namespace, demo: bool) -> Any:
         demo=demo,
         options=_parse_options(args.set),
         progress=not args.no_progress,
+        threads=args.threads,
     )
 
 

@@ -238,6 +238,8 @@ class RunContext:
         demo: a short run for ``contrastive-plugins demo`` / smoke tests.
         options: extra ``--set key=value`` options, as strings parsed by YAML.
         progress: show progress bars.
+        threads: the command's ``--threads`` (``None``: each method's default policy, see
+            :mod:`plugins.threads`).
     """
 
     method: str
@@ -249,6 +251,13 @@ class RunContext:
     demo: bool = False
     options: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
+    threads: int | None = None
+
+    def cpu_threads(self, default: int | None = None) -> Any:
+        """Context pinning CPU threads to ``--threads``, else to the method's ``default``."""
+        from plugins.threads import cpu_threads
+
+        return cpu_threads(self.threads if self.threads is not None else default)
 
     def option(self, key: str, default: Any = None) -> Any:
         return self.options.get(key, default)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,6 +16,7 @@ from plugins.methods.dcc import DCCConfig, EvalConfig, condense, evaluate_synthe
 from plugins.methods.dcc_data import SyntheticSet
 from plugins.metrics import spectrum
 from plugins.reporting import RunContext, RunDir
+from plugins.threads import cpu_is_busy
 
 __all__ = ["run", "reproduce", "save_grids", "PAPER_CIFAR10"]
 
@@ -97,32 +97,22 @@ def _kernel_plot(run_dir: RunDir, velocities: dict[str, list[float]]) -> None:
     run_dir.save_figure(fig, "kernel_velocity.png")
 
 
-@contextmanager
-def _cpu_threads(device: torch.device | str) -> Iterator[int]:
-    """One intra-op thread while the CPU is oversubscribed (load average >= cores), else unchanged.
-
-    The ConvNet's small convolutions ran ~10x slower with 2 OpenMP threads than with 1 on a 2-core
-    machine at load ~12 (measured); the previous setting is restored afterwards.
-    """
-    before = torch.get_num_threads()
-    busy = hasattr(os, "getloadavg") and os.getloadavg()[0] >= (os.cpu_count() or 1)
-    if torch.device(device).type == "cpu" and busy and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(1)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(before)
+def _threads_policy(ctx: RunContext) -> Any:
+    """One thread on a busy CPU (load average >= cores): the ConvNet's small convolutions ran ~10x
+    slower with 2 OpenMP threads than with 1 on a 2-core machine at load ~12 (measured)."""
+    busy = ctx.device.type == "cpu" and cpu_is_busy() and "OMP_NUM_THREADS" not in os.environ
+    return ctx.cpu_threads(1 if busy else None)
 
 
 def run(ctx: RunContext) -> dict[str, float]:
     """Condense, evaluate and plot (see :func:`_run`); ``contrastive-plugins run dcc``."""
-    with _cpu_threads(ctx.device) as threads:
+    with _threads_policy(ctx) as threads:
         return _run(ctx, threads)
 
 
 def reproduce(ctx: RunContext) -> dict[str, float]:
     """Random selection vs DC vs DCC on the CIFAR-10 subset at ipc 1 and 10 (see :func:`_reproduce`)."""
-    with _cpu_threads(ctx.device) as threads:
+    with _threads_policy(ctx) as threads:
         return _reproduce(ctx, threads)
 
 

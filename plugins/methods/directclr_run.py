@@ -8,7 +8,6 @@ shared CIFAR-10 subset (``--data cifar10``) or a user folder, with collapse moni
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, replace
 
 import torch
@@ -42,24 +41,6 @@ PAPER_CONTEXT = [
     {"source": "Jing et al. 2022, Table 1 / Sec. 6", "setting": "same budget",
      "mode": "ordering", "linear_top1": "simclr (2-layer) > directclr > linear projector > baseline (no projector)"},
 ]  # fmt: skip
-
-
-@contextmanager
-def _threads(n: int | None):
-    """Pin torch's and the BLAS/OpenMP pools' threads (``None``: leave them). On a busy shared CPU
-    one thread is several times faster than two (measured: t-SNE 13 s vs 120 s, a step 0.3 s vs 2 s)."""
-    if n is None:
-        yield
-        return
-    from threadpoolctl import threadpool_limits
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        with threadpool_limits(n):
-            yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _resize(ds: ImageTensorDataset, size: int | None) -> ImageTensorDataset:
@@ -145,7 +126,7 @@ def run(ctx: RunContext) -> dict[str, float]:
         from plugins.errors import UserInputError
 
         raise UserInputError(f"--set mode must be one of {', '.join(MODES)}, got {mode!r}.")
-    with _threads(ctx.option("threads", 1 if ctx.device.type == "cpu" else None)):
+    with ctx.cpu_threads(ctx.option("threads", 1 if ctx.device.type == "cpu" else None)):
         train_set, test_set, name, size = _prepare(ctx, {"image_size": 32})
         epochs = ctx.epochs or (6 if ctx.demo else 100)
         cfg = _config(ctx, epochs)
@@ -224,7 +205,7 @@ def reproduce(ctx: RunContext) -> dict[str, float]:
     ``eval_train``, ``eval_test``, ``batch_size``, ``optimizer`` and the other config fields.
     """
     out: dict[str, float] = {}
-    with _threads(ctx.option("threads", 1 if ctx.device.type == "cpu" else None)):
+    with ctx.cpu_threads(ctx.option("threads", 1 if ctx.device.type == "cpu" else None)):
         toy_rows, toy_out = run_toys(ctx.run_dir, ctx.seed)
         ctx.run_dir.save_table(toy_rows, "toy_table.md")
         out.update(toy_out)
