@@ -99,6 +99,14 @@ class RunDir:
         _atomic_write_bytes(out, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2)))
         return out
 
+    def save_json(self, data: Any, name: str) -> Path:
+        """Write ``name`` (JSON) atomically, e.g. per-seed metrics beside ``metrics.json``."""
+        out = self.path / name
+        _atomic_write_bytes(
+            out, lambda tmp: Path(tmp).write_text(json.dumps(_plain(data), indent=2))
+        )
+        return out
+
     def load_metrics(self) -> dict[str, Any]:
         out = self.path / "metrics.json"
         return json.loads(out.read_text()) if out.exists() else {}

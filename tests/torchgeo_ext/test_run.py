@@ -1,5 +1,7 @@
 """The CLI's run function on the embedded Sentinel-2 tile (slow on a shared 2-core CPU)."""
 
+import json
+
 import pytest
 
 
@@ -47,6 +49,7 @@ def test_reproduce_pipeline_smallest(tmp_path):
         size=32,
         window=32,
         stride=32,
+        seeds="0,1",
     )
     ctx = RunContext(
         method="glcnet",
@@ -57,3 +60,7 @@ def test_reproduce_pipeline_smallest(tmp_path):
     )
     metrics = reproduce(ctx)
     assert 0 <= metrics["glcnet_1pct_oa"] <= 1 and (tmp_path / "rep" / "reproduction.md").exists()
+    per_seed = json.loads((tmp_path / "rep" / "metrics_per_seed.json").read_text())
+    values = [per_seed[s]["glcnet_1pct_kappa"] for s in ("0", "1")]
+    assert metrics["glcnet_1pct_kappa"] == pytest.approx(sum(values) / 2)
+    assert metrics["glcnet_1pct_kappa_std"] == pytest.approx(abs(values[0] - values[1]) / 2)
