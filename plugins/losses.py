@@ -158,7 +158,8 @@ def _masked_nt_xent(
         raise ValueError(
             f"valid must have shape ({logits.shape[0] // 2},), got {tuple(valid.shape)}"
         )
-    valid_all = D.gather_no_grad(valid) if gather_distributed else valid
+    # gathered as uint8: every backend moves bytes; not every one lists bool
+    valid_all = D.gather_no_grad(valid.to(torch.uint8)).bool() if gather_distributed else valid
     # A finite fill, not -inf: an invalid anchor's row may have no finite entry left, and a
     # logsumexp over only -inf has a NaN gradient even when its result is multiplied by 0 later.
     # exp(min - lse) is exactly 0, so valid rows get no gradient from these columns.
