@@ -36,7 +36,7 @@ KEYS = ("gmm_nmi", "gmm_ari", "gmm_ami", "gmm_acc", "kmeans_nmi", "masked_gmm_nm
 
 # CPU-scale settings used when the user sets nothing (demo on digits, reproduction on crops).
 DEMO = dict(epochs=2, widths=(16, 32, 64), image_size=8, batch_size=128)
-REPRO = dict(epochs=8, widths=(16, 32, 64), image_size=24, batch_size=128)
+REPRO = dict(epochs=30, widths=(16, 32, 64), image_size=24, batch_size=128)
 
 
 def config_from_options(options: dict, base: dict | None = None) -> CLAWSConfig:
@@ -169,7 +169,7 @@ def reproduce(ctx: RunContext) -> dict[str, float]:
     base = dict(REPRO)
     if ctx.epochs:
         base["epochs"] = ctx.epochs
-    seeds = [ctx.seed + s for s in range(int(ctx.option("seeds", 2)))]
+    seeds = [ctx.seed + s for s in range(int(ctx.option("seeds", 3)))]
     names = ctx.option("variants", list(VARIANTS))
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
