@@ -169,14 +169,25 @@ def _masked_nt_xent(
         logits = logits.index_put((rows, pos_col), _neg_inf(logits))
     per_anchor = torch.logsumexp(logits, dim=1) - positive
     row_ok = valid.repeat(2)
-    count = row_ok.sum()
-    count_all = D.all_reduce_sum(count) if gather_distributed else count
     if not positive_in_denominator:  # a single valid pair in all has no negative: use no anchor
+        count_all = row_ok.sum()
+        count_all = D.all_reduce_sum(count_all) if gather_distributed else count_all
         row_ok = row_ok & (count_all >= 4)
     # no host sync: with nothing usable the loss is 0 (still attached to the graph)
     total = torch.where(row_ok, per_anchor, 0.0).sum()
-    mean_count = count_all.to(total.dtype) / D.world_size() if gather_distributed else count
-    return total / mean_count.clamp_min(1)
+    return _mean_over_anchors(total, row_ok.sum(), gather_distributed)
+
+
+def _mean_over_anchors(
+    total: torch.Tensor, count: torch.Tensor, gather_distributed: bool
+) -> torch.Tensor:
+    """``total / count``, the mean over this rank's usable anchors; with ``gather_distributed`` the
+    count is averaged over ranks instead, so that the mean of the per-rank losses (and DDP's
+    averaged gradient) equals the single-process mean even when ranks hold different counts.
+    0 (still attached to the graph) when no rank has an anchor."""
+    if gather_distributed:
+        return total * D.world_size() / D.all_reduce_sum(count).clamp_min(1)
+    return total / count.clamp_min(1)
 
 
 def info_nce(
@@ -302,19 +313,9 @@ def sup_con(
         n_pos = positive.sum(1)
         # anchors without a positive have an all-False row: they add exactly 0 to the sum
         mean_log_prob_pos = torch.where(positive, log_prob, 0.0).sum(1) / n_pos.clamp_min(1)
-        n_valid = (n_pos > 0).sum()
-        if gather_distributed:
-            # Divide by the number of valid anchors averaged over ranks (not the local count), so the
-            # mean over ranks equals the single-process mean even when ranks hold different numbers
-            # of anchors with a positive.
-            return (
-                -(temperature / base_temperature)
-                * mean_log_prob_pos.sum()
-                * D.world_size()
-                / D.all_reduce_sum(n_valid).clamp_min(1)
-            )
         # no host sync: with no valid anchor the sum is 0 (still attached to the graph)
-        return -(temperature / base_temperature) * mean_log_prob_pos.sum() / n_valid.clamp_min(1)
+        total = -(temperature / base_temperature) * mean_log_prob_pos.sum()
+        return _mean_over_anchors(total, (n_pos > 0).sum(), gather_distributed)
 
 
 def margin_contrastive(
