@@ -53,13 +53,11 @@ def glcnet_loss(
     zero = g1.new_zeros((), dtype=torch.float32)
     lg = nt_xent(g1, g2, **kw) if branches != "local" else zero
     if branches == "global":
-        ll = zero
-    elif local_valid is not None or gather_distributed:
-        ll = nt_xent(l1, l2, valid=local_valid, **kw)
-    else:
-        ll = nt_xent(l1, l2, **kw) if l1.shape[0] > 1 else zero
-    if branches == "global":
-        return lg, lg, ll
+        return lg, lg, zero
+    # a single local pair has no negative; with a mask (or across ranks) nt_xent decides that from
+    # the valid pairs of every rank, and every rank must take part in its all-gather
+    no_negatives = local_valid is None and not gather_distributed and l1.shape[0] < 2
+    ll = zero if no_negatives else nt_xent(l1, l2, valid=local_valid, **kw)
     if branches == "local":
         return ll, lg, ll
     return lam * lg + (1 - lam) * ll, lg, ll
