@@ -8,8 +8,6 @@ the per-rank losses must equal the single-process loss.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -76,7 +74,7 @@ def _sup_con_cases(gather: bool) -> dict[str, callable]:
     }
 
 
-def _worker(rank: int, out_dir: str) -> None:
+def _worker(rank: int) -> dict:
     # the gloo group is set up (and torn down) by plugins.testing.run_gloo
     x = _inputs()
     rows = slice(rank * N_LOCAL, (rank + 1) * N_LOCAL)
@@ -106,14 +104,12 @@ def _worker(rank: int, out_dir: str) -> None:
         int(queue.ptr),
         torch.stack(slots),
     )
-    torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+    return result
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory) -> list[dict]:
-    out = tmp_path_factory.mktemp("ddp")
-    run_gloo(_worker, WORLD, str(out))
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+def ranks() -> list[dict]:
+    return run_gloo(_worker, WORLD)
 
 
 def test_ranks_see_a_real_group(ranks):

@@ -46,7 +46,7 @@ def _loss(x: dict[str, torch.Tensor], valid: torch.Tensor, gather: bool, case: s
     )[0]  # fmt: skip
 
 
-def _worker(rank: int, out_dir: str) -> None:
+def _worker(rank: int) -> dict:
     # the gloo group is set up (and torn down) by plugins.testing.run_gloo
     full = _inputs()
     img = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
@@ -59,14 +59,12 @@ def _worker(rank: int, out_dir: str) -> None:
         loss = _loss(x, VALID[win], True, case)
         loss.backward()
         result[case] = (loss.detach(), {k: v.grad for k, v in x.items()})
-    torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+    return result
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory) -> list[dict]:
-    out = tmp_path_factory.mktemp("glcnet_ddp")
-    run_gloo(_worker, WORLD, str(out))
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+def ranks() -> list[dict]:
+    return run_gloo(_worker, WORLD)
 
 
 @pytest.mark.parametrize("case", list(CASES))
