@@ -170,8 +170,8 @@ def reproduce(ctx: RunContext) -> dict[str, float]:
     features, as the published numbers were made; the ``-norm`` rows row-normalise the features
     and cost as much again, so they are a second run).
     """
-    datasets = [d.strip().lower() for d in str(ctx.option("datasets", "cora,citeseer")).split(",")]
-    variants = [v.strip() for v in str(ctx.option("variants", "ariel,grace")).split(",")]
+    datasets = [str(d).lower() for d in ctx.option_list("datasets", "cora,citeseer")]
+    variants = [str(v) for v in ctx.option_list("variants", "ariel,grace")]
     splits = int(ctx.option("splits", 20))
     full = bool(ctx.option("full_epochs", True))
     rows: list[dict[str, Any]] = []

@@ -261,11 +261,23 @@ class RunContext:
     progress: bool = True
     threads: int | None = None
 
+    def thread_count(self, default: int | None = None) -> int | None:
+        """``--threads`` if given, else the method's ``default`` (``None``: leave torch's)."""
+        return self.threads if self.threads is not None else default
+
     def cpu_threads(self, default: int | None = None) -> Any:
-        """Context pinning CPU threads to ``--threads``, else to the method's ``default``."""
+        """Context pinning CPU threads to :meth:`thread_count` (see :mod:`plugins.threads`)."""
         from plugins.threads import cpu_threads
 
-        return cpu_threads(self.threads if self.threads is not None else default)
+        return cpu_threads(self.thread_count(default))
 
     def option(self, key: str, default: Any = None) -> Any:
         return self.options.get(key, default)
+
+    def option_list(self, key: str, default: Any = ()) -> list:
+        """An option as a list: ``--set key=a,b`` arrives as the string ``"a,b"`` (split on commas,
+        blanks stripped), a YAML list stays a list, a single value becomes a one-item list."""
+        value = self.options.get(key, default)
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return list(value) if isinstance(value, list | tuple) else [value]

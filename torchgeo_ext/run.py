@@ -384,7 +384,7 @@ def reproduce(ctx: RunContext) -> dict[str, float]:
         batch_size=int(ctx.option("batch_size", 8)),
         pretrain_steps=int(ctx.option("pretrain_steps", 200)),
         finetune_steps=int(ctx.option("finetune_steps", 80)),
-        fractions=[float(f) for f in _as_list(ctx.option("fractions", [0.01, 0.1]))],
+        fractions=[float(f) for f in ctx.option_list("fractions", [0.01, 0.1])],
     )
     seeds = _seeds(ctx)
     ctx.run_dir.save_config({**opt, "seeds": seeds, "backbone": ctx.option("backbone", "resnet18")})
@@ -406,8 +406,8 @@ def reproduce(ctx: RunContext) -> dict[str, float]:
             n = int(per_seed[0][f"windows_{round(frac * 100)}pct"])
             row: dict[str, Any] = {"labels": f"{frac:.0%} ({n} windows)", "init": label}
             for m, col in (("oa", "OA"), ("kappa", "Kappa"), ("miou", "mIoU"), ("mf1", "mF1")):
-                v = np.array([r[f"{key}_{m}"] for r in per_seed])
-                row[col] = f"{v.mean():.4f}" + (f" ± {v.std():.4f}" if len(seeds) > 1 else "")
+                std = metrics.get(f"{key}_{m}_std")
+                row[col] = f"{metrics[f'{key}_{m}']:.4f}" + ("" if std is None else f" ± {std:.4f}")
             rows.append(row)
     wins = sum(
         r["glcnet_1pct_kappa"] > max(r["simclr_1pct_kappa"], r["random_1pct_kappa"])
@@ -427,14 +427,7 @@ ARMS = ("random init", "SimCLR (torchgeo)", "GLCNet")
 
 
 def _seeds(ctx: RunContext) -> list[int]:
-    return [int(v) for v in _as_list(ctx.option("seeds", [ctx.seed + i for i in range(3)]))]
-
-
-def _as_list(value: Any) -> list:
-    """``--set key=0,1,2`` arrives as a string; YAML lists as lists."""
-    if isinstance(value, str):
-        return [v for v in value.split(",") if v.strip()]
-    return list(value) if isinstance(value, (list, tuple)) else [value]
+    return [int(v) for v in ctx.option_list("seeds", [ctx.seed + i for i in range(3)])]
 
 
 def _reproduce_seed(

@@ -171,8 +171,7 @@ def _settings(ctx: RunContext, demo_steps: int, full_steps: int) -> Any:
 
     if ctx.device.type == "cpu":
         # small convolutions: one thread is ~5x faster than OpenMP threads spinning on a shared CPU
-        n = ctx.threads if ctx.threads is not None else int(ctx.option("threads", 1))
-        torch.set_num_threads(n)
+        torch.set_num_threads(ctx.thread_count(int(ctx.option("threads", 1))))
     steps = ctx.epochs if ctx.epochs else (demo_steps if ctx.demo else full_steps)
     s = Settings(steps=int(ctx.option("steps", steps)))
     for key in ("lam", "temperature", "margin", "lr", "samples_per_domain", "augment_copies"):

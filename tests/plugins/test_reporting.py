@@ -85,3 +85,17 @@ def test_run_context_option(tmp_path):
     ctx = RunContext("m", RunDir(path=tmp_path), options={"k": 3})
     assert ctx.option("k") == 3 and ctx.option("missing", 7) == 7
     assert ctx.seed == 0 and not ctx.demo and ctx.data is None
+
+
+def test_option_list_accepts_commas_yaml_lists_and_scalars(tmp_path):
+    from plugins.reporting import RunContext, RunDir
+
+    ctx = RunContext(
+        method="x",
+        run_dir=RunDir(path=tmp_path / "r"),
+        options={"a": "0, 1,2", "b": [3, 4], "c": 5},
+    )
+    assert ctx.option_list("a") == ["0", "1", "2"]
+    assert ctx.option_list("b") == [3, 4]
+    assert ctx.option_list("c") == [5]
+    assert ctx.option_list("missing", "p,q") == ["p", "q"]
