@@ -268,57 +268,143 @@ def run(ctx: RunContext) -> dict[str, float]:
     return metrics
 
 
-def reproduce(ctx: RunContext) -> dict[str, Any]:
-    """Baselines and the method at two label fractions; per-domain/per-structure table and overlays."""
-    from monai_ext.multidomain.train import CONFIGS
+def _label_fraction_curve(run_dir: Any, summary: list[dict], counts: dict[float, str]) -> None:
+    """Mean foreground Dice (mean ± std over seeds) against the annotated-slice fraction."""
+    from plugins.reporting import _pyplot
 
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for config in dict.fromkeys(r["config"] for r in summary):
+        rs = sorted((r for r in summary if r["config"] == config), key=lambda r: r["fraction"])
+        ax.errorbar(
+            [r["fraction"] for r in rs],
+            [r["dice_mean"] for r in rs],
+            yerr=[r["dice_mean_std"] for r in rs],
+            marker="o",
+            capsize=3,
+            label=config,
+        )
+    ax.set_xscale("log")
+    fracs = sorted(counts)
+    ax.set_xticks(fracs, [f"{f:g}\n{counts[f]}" for f in fracs], fontsize=7)
+    ax.minorticks_off()
+    ax.set_xlabel("label fraction (annotated training slices per domain)")
+    ax.set_ylabel("mean foreground Dice")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    run_dir.save_figure(fig, "label_fraction_curve.png")
+
+
+def reproduce(ctx: RunContext) -> dict[str, Any]:
+    """Baselines and the method over a label-fraction curve and several seeds.
+
+    Options (``--set``): ``fractions`` (default ``1.0,<small_fraction>``, ``small_fraction`` 0.1),
+    ``seeds`` (how many, from ``--seed``; default 1), ``steps`` and the :class:`Settings` fields.
+    Writes ``summary.md`` (mean ± std over seeds of the per-domain mean Dice), ``table.md``
+    (per structure, mean over seeds), ``metrics_per_seed.json``, ``label_fraction_curve.png``,
+    ``loss.png`` and ``overlay.png`` (first seed, smallest fraction).
+    """
+    from monai_ext.multidomain.train import CONFIGS, label_subset
+
+    fractions = sorted(
+        {float(f) for f in ctx.option_list("fractions", [1.0, ctx.option("small_fraction", 0.1)])},
+        reverse=True,
+    )
+    if not fractions or not all(0 < f <= 1 for f in fractions):
+        raise UserInputError(f"fractions must lie in (0, 1], got {fractions}.")
+    seeds = [ctx.seed + i for i in range(int(ctx.option("seeds", 1)))]
+    if not seeds:
+        raise UserInputError("seeds must be >= 1.")
     torch.manual_seed(ctx.seed)
     domains, note = _from_datalist(ctx.data) if ctx.data else _embedded(with_colin=True)
     s = _settings(ctx, demo_steps=10, full_steps=150)
-    fractions = [1.0, float(ctx.option("small_fraction", 0.1))]
+    n_train = [int((d["role"] == "train").sum()) for d in domains]
+    counts = {
+        f: "/".join(str(len(label_subset(n, f, 0))) for n in n_train) for f in fractions
+    }  # annotated slices per domain (the count does not depend on the seed)
     ctx.run_dir.save_config(
         {
             "method": ctx.method,
             "data": note,
             "fractions": fractions,
+            "seeds": seeds,
             "configs": CONFIGS,
             **asdict(s),
         }
     )
-    rows, summary, losses, preds = [], [], {}, {}
+    per_seed: list[dict] = []  # one row per (seed, fraction, config)
+    structures: list[dict] = []  # one row per (seed, fraction, config, domain, structure)
+    losses, preds = {}, {}
     t0 = time.time()
+    for seed in seeds:
+        for frac in fractions:
+            pools = _pools(domains, frac, s, seed)
+            for config in CONFIGS:
+                res = _fit_and_score(config, domains, pools, s, ctx.device, seed, ctx.progress)
+                if seed == seeds[0]:
+                    losses[f"{config}@{frac:g}"] = res["loss"][0]
+                    if frac == fractions[-1]:
+                        preds[config] = res["pred"]
+                row = {"seed": seed, "fraction": frac, "config": config}
+                for k, d in enumerate(domains):
+                    sc = res["scores"][k]
+                    row[f"dice_{d['name']}"] = float(np.nanmean(sc["dice"]))
+                    for c, cname in enumerate(d["classes"][1:]):
+                        structures.append(
+                            {
+                                "seed": seed,
+                                "fraction": frac,
+                                "config": config,
+                                "domain": d["name"],
+                                "structure": cname,
+                                **{m: float(sc[m][c]) for m in ("dice", "hd95", "assd", "ravd")},
+                            }
+                        )
+                row["dice_mean"] = float(
+                    np.mean([v for key, v in row.items() if key.startswith("dice_")])
+                )
+                per_seed.append(row)
+                ctx.run_dir.save_json(per_seed, "metrics_per_seed.json")  # a cut run keeps rows
+                print(
+                    f"[{time.time() - t0:6.0f}s] seed {seed} fraction {frac:g} {config}: "
+                    + ", ".join(f"{k}={v:.3f}" for k, v in row.items() if k.startswith("dice")),
+                    flush=True,
+                )
+    dice_keys = [k for k in per_seed[0] if k.startswith("dice_")]
+    summary, rows = [], []
     for frac in fractions:
-        pools = _pools(domains, frac, s, ctx.seed)
         for config in CONFIGS:
-            res = _fit_and_score(config, domains, pools, s, ctx.device, ctx.seed, ctx.progress)
-            losses[f"{config}@{frac:g}"] = res["loss"][0]
-            if frac == fractions[-1]:
-                preds[config] = res["pred"]
-            row_sum = {"fraction": frac, "config": config}
-            for k, d in enumerate(domains):
-                sc = res["scores"][k]
-                row_sum[f"dice_{d['name']}"] = float(np.nanmean(sc["dice"]))
-                for c, cname in enumerate(d["classes"][1:]):
+            group = [r for r in per_seed if r["fraction"] == frac and r["config"] == config]
+            out: dict[str, Any] = {"fraction": frac, "slices": counts[frac], "config": config}
+            for key in dice_keys:
+                out[key] = float(np.mean([r[key] for r in group]))
+            out["dice_mean_std"] = float(np.std([r["dice_mean"] for r in group]))
+            summary.append(out)
+            for d in domains:
+                for cname in d["classes"][1:]:
+                    hits = [
+                        r
+                        for r in structures
+                        if (r["fraction"], r["config"], r["domain"], r["structure"])
+                        == (frac, config, d["name"], cname)
+                    ]
                     rows.append(
                         {
                             "fraction": frac,
                             "config": config,
                             "domain": d["name"],
                             "structure": cname,
-                            **{m: float(sc[m][c]) for m in ("dice", "hd95", "assd", "ravd")},
+                            **{
+                                m: float(np.nanmean([r[m] for r in hits]))
+                                if np.isfinite([r[m] for r in hits]).any()
+                                else float("nan")
+                                for m in ("dice", "hd95", "assd", "ravd")
+                            },
                         }
                     )
-            row_sum["dice_mean"] = float(
-                np.mean([v for key, v in row_sum.items() if key.startswith("dice_")])
-            )
-            summary.append(row_sum)
-            print(
-                f"[{time.time() - t0:6.0f}s] fraction {frac:g} {config}: "
-                + ", ".join(f"{k}={v:.3f}" for k, v in row_sum.items() if k.startswith("dice")),
-                flush=True,
-            )
     ctx.run_dir.save_table(summary, "summary.md")
     ctx.run_dir.save_table(rows, "table.md")
+    _label_fraction_curve(ctx.run_dir, summary, counts)
     ctx.run_dir.plot_loss(
         {k: v for k, v in losses.items() if k.startswith(("per_domain", "md_supcon"))}
     )
@@ -327,10 +413,11 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         domains,
         {c: preds[c] for c in ("per_domain", "joint", METHOD)},
         "overlay.png",
-        f"test slices at label fraction {fractions[-1]:g}; {note}",
+        f"test slices at label fraction {fractions[-1]:g} (seed {seeds[0]}); {note}",
     )
-    metrics: dict[str, Any] = {"data": note, "seconds": time.time() - t0}
+    metrics: dict[str, Any] = {"data": note, "seeds": seeds, "seconds": time.time() - t0}
     for r in summary:
         metrics[f"dice_mean/{r['config']}@{r['fraction']:g}"] = r["dice_mean"]
+        metrics[f"dice_mean_std/{r['config']}@{r['fraction']:g}"] = r["dice_mean_std"]
     ctx.run_dir.save_metrics(metrics)
     return metrics

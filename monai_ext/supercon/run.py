@@ -251,11 +251,10 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     cfg = _config(ctx, arch="micro", image_size=32, batch_size=128, **REDUCED_STAGE2)
     epochs = ctx.epochs or 8
     seeds = [ctx.seed + i for i in range(int(ctx.option("seeds", 3)))]
-    methods = [m for m in str(ctx.option("methods", ",".join(METHODS))).split(",") if m]
+    methods = [str(m) for m in ctx.option_list("methods", METHODS)]
     ratios = [
-        float(r)
-        for r in str(ctx.option("ratios", "0.02,natural") or "").replace("natural", "-1").split(",")
-        if r.strip()
+        -1.0 if str(r) == "natural" else float(r)
+        for r in ctx.option_list("ratios", [0.02, "natural"])
     ]
     max_train = int(ctx.option("max_train", 0))
     binary = load_shared_isic(root, "melanoma")

@@ -222,8 +222,8 @@ def _reproduce(ctx: RunContext, threads: int) -> dict[str, float]:
         test = test.subset(torch.arange(limit))  # rows alternate by class: balanced
     outer = int(ctx.epochs or ctx.option("outer_iters", 15))
     width = int(ctx.option("width", 32))
-    ipcs = [int(i) for i in str(ctx.option("ipcs", "1,10")).split(",")]
-    methods = [m for m in str(ctx.option("methods", "random,dc,dcc")).split(",")]
+    ipcs = [int(i) for i in ctx.option_list("ipcs", [1, 10])]
+    methods = [str(m) for m in ctx.option_list("methods", ["random", "dc", "dcc"])]
     n_models = int(ctx.option("n_models", 4))
     ecfg = EvalConfig(epochs=int(ctx.option("eval_epochs", 100)), width=width)
     if n_models < 1:

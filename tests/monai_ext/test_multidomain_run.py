@@ -122,3 +122,49 @@ def test_write_datalist_slabs_keep_scanner_space(tmp_path: Path) -> None:
         np.testing.assert_array_equal(np.asarray(img.dataobj)[..., 0], dom.image[..., first])
         total += img.shape[2]
     assert total == dom.image.shape[2]
+
+
+@pytest.mark.skipif(
+    not data.colin_available(),
+    reason="Debian mricron-data absent (apt-get install -y mricron-data)",
+)
+def test_reproduce_label_fraction_curve_aggregates_seeds(tmp_path: Path) -> None:
+    from monai_ext.multidomain.run import reproduce
+    from monai_ext.multidomain.train import CONFIGS
+    from plugins.reporting import RunContext, RunDir
+
+    ctx = RunContext(
+        "mr-multidomain",
+        RunDir(path=tmp_path),
+        device=torch.device("cpu"),
+        progress=False,
+        options={"steps": 1, "augment_copies": 0, "fractions": "0.05,1.0", "seeds": 2},
+    )
+    metrics = reproduce(ctx)
+    for name in ("summary.md", "table.md", "label_fraction_curve.png", "overlay.png"):
+        assert (tmp_path / name).exists(), name
+    rows = json.loads((tmp_path / "metrics_per_seed.json").read_text())
+    assert len(rows) == 2 * 2 * len(CONFIGS) and {r["seed"] for r in rows} == {0, 1}
+    for frac in (1.0, 0.05):
+        for config in CONFIGS:
+            values = [r["dice_mean"] for r in rows if (r["fraction"], r["config"]) == (frac, config)]
+            assert metrics[f"dice_mean/{config}@{frac:g}"] == pytest.approx(np.mean(values))
+            assert metrics[f"dice_mean_std/{config}@{frac:g}"] == pytest.approx(np.std(values))
+    # the smallest fraction annotates two slices per domain (label_subset's floor)
+    assert "| 0.0500 | 2/2 |" in (tmp_path / "summary.md").read_text()
+
+
+def test_reproduce_rejects_bad_fractions(tmp_path: Path) -> None:
+    from monai_ext.multidomain.run import reproduce
+    from plugins.errors import UserInputError
+    from plugins.reporting import RunContext, RunDir
+
+    ctx = RunContext(
+        "mr-multidomain",
+        RunDir(path=tmp_path),
+        device=torch.device("cpu"),
+        progress=False,
+        options={"steps": 1, "fractions": "1.0,1.5"},
+    )
+    with pytest.raises(UserInputError, match="fractions"):
+        reproduce(ctx)
