@@ -16,6 +16,11 @@ features, as the reference code does. Usage::
     OMP_NUM_THREADS=1 python benchmarks/graph.py [--sizes 500 3000] [--epochs N]
 
 Sizes above Cora's 2,708 nodes sample from CiteSeer (3,327 nodes). Not a test: no timed asserts.
+
+It also prints a **floor**: the dense products that any implementation of the epoch must compute
+(:func:`dense_macs_lower_bound`, counted from the algorithm, not from our code) divided by this
+machine's dense GEMM rate measured in the same run. ``literal / floor`` is the largest speed-up any
+implementation could show against the literal one here.
 """
 
 from __future__ import annotations
@@ -118,6 +123,39 @@ def literal_epoch(model: ARIEL, edge_index, x, nodes, features) -> torch.Tensor:
     return literal_training_loss(model, edge_index, x)
 
 
+def dense_macs_lower_bound(n: int, features: int, cfg) -> float:
+    """Multiply-adds of the dense products one ARIEL epoch cannot avoid, on an n-node subgraph.
+
+    Counted from the algorithm (ARIEL Sec. 4; GCN widths F -> 2h -> h, projector h -> p -> h),
+    only the terms that stay dense whatever the implementation, and each at its cheapest:
+
+    * per PGD step t: ``delta W_1`` (t >= 1; delta is dense), the feature gradient ``G W_1``
+      (dense n x F for its sign), ``dL/dA`` of both GCN layers (every pair of the relaxed
+      adjacency has a gradient: n^2 (2h + h)), the similarity to the fixed view and its gradient
+      (2 n^2 h), and the second layer and projector forward and backward;
+    * training: the two symmetrised losses over 2n embeddings (forward and one backward product
+      each: 2 x 8 n^2 h), the adversarial view's ``delta W_1`` and its weight gradient, and the
+      second layer and projector of the three views, forward and backward.
+    """
+    f, h2, h, p, t = features, 2 * cfg.hidden, cfg.hidden, cfg.proj_hidden, cfg.attack_steps
+    small = 2 * n * h2 * h + 4 * n * h * p  # layer 2 + projector, forward and backward
+    attack = (2 * t - 1) * n * f * h2 + t * (n * n * (h2 + h) + 2 * n * n * h + small)
+    training = 16 * n * n * h + 2 * n * f * h2 + 3 * small
+    return float(attack + training)
+
+
+def gemm_rate(n: int, features: int, hidden2: int, repeats: int = 10) -> float:
+    """Best-of-``repeats`` dense multiply-adds per second of the attack's (n, 2h) @ (2h, F) shape."""
+    a, b = torch.randn(n, hidden2), torch.randn(hidden2, features)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return n * hidden2 * features / best
+
+
 def time_epochs(fn, data, size: int, epochs: int, seed: int) -> float:
     cfg = config_for("cora", sample_size=size)
     torch.manual_seed(seed)
@@ -149,6 +187,7 @@ def main() -> None:
     )
     print(
         f"{'graph':>10} {'nodes':>6} {'ours s/epoch':>13} {'literal s/epoch':>16} {'speed-up':>9}"
+        f" {'floor s/epoch':>14} {'max speed-up':>13}"
     )
     for size in args.sizes:
         name = "cora" if size <= 2708 else "citeseer"
@@ -157,7 +196,14 @@ def main() -> None:
         epochs = args.epochs or (3 if size <= 1000 else 1)
         ours = time_epochs(ours_training_loss, data, size, epochs, args.seed)
         literal = time_epochs(literal_epoch, data, size, epochs, args.seed)
-        print(f"{name:>10} {size:>6} {ours:>13.3f} {literal:>16.3f} {literal / ours:>8.1f}x")
+        floor = dense_macs_lower_bound(size, data.x.shape[1], config_for("cora")) / gemm_rate(
+            size, data.x.shape[1], 2 * config_for("cora").hidden
+        )
+        print(
+            f"{name:>10} {size:>6} {ours:>13.3f} {literal:>16.3f} {literal / ours:>8.1f}x"
+            f" {floor:>14.3f} {literal / floor:>12.1f}x",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -50,8 +50,13 @@ def image_items(folder: str | Path) -> list[dict]:
 
 
 class Stage1Step:
-    """``iteration_update`` for stage 1: plain + strong view of each image -> ``network.project``
-    -> (B, 2, 128) -> ``engine.loss_function`` (a :class:`plugins.losses.SupConLoss`) -> SGD step.
+    """``iteration_update`` for stage 1: plain + strong view of each image ->
+    ``network(x, project=True)`` -> (B, 2, 128) -> ``engine.loss_function`` (a
+    :class:`plugins.losses.SupConLoss`) -> SGD step.
+
+    The projection goes through ``forward``, so a ``DistributedDataParallel``-wrapped network
+    all-reduces its gradients; wrap it with ``find_unused_parameters=True`` (the classifier is
+    not used in stage 1). SupCon is computed over each rank's own batch.
 
     Args:
         image_size: side of both views.
@@ -73,7 +78,7 @@ class Stage1Step:
         net.train()
         engine.optimizer.zero_grad(set_to_none=True)
         v1, v2 = self.views(image)
-        z = net.project(torch.cat([v1, v2]))
+        z = net(torch.cat([v1, v2]), project=True)  # through forward: DDP-safe
         b = label.shape[0]
         engine.state.output = {Keys.IMAGE: image, Keys.LABEL: label}
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)

@@ -50,7 +50,9 @@ class SuperConNet(nn.Module):
     """Encoder + projection head + linear classifier.
 
     ``forward(x)`` (B, C, H, W) -> class logits (B, K): what stage 2, inference and MONAI's
-    ``verify_net_in_out`` use. ``project(x)`` -> L2-normalised (B, 128) embeddings for stage 1.
+    ``verify_net_in_out`` use. ``forward(x, project=True)`` (or ``project(x)``) -> L2-normalised
+    (B, 128) embeddings for stage 1; engines call the keyword form, so that a
+    ``DistributedDataParallel`` wrapper (which only forwards ``forward``) still syncs gradients.
 
     Args:
         num_classes: K.
@@ -76,7 +78,9 @@ class SuperConNet(nn.Module):
         """(B, C, H, W) -> (B, proj_dim), unit norm."""
         return F.normalize(self.head(self.encoder(x)), dim=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, project: bool = False) -> torch.Tensor:
+        if project:
+            return self.project(x)
         if self.frozen_encoder:
             with torch.no_grad():
                 f = self.encoder(x)

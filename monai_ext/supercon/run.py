@@ -323,6 +323,12 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
                 v = np.array([r[key] for r in per[m]])
                 row[col] = f"{v.mean():.3f} ± {v.std():.3f}"
                 summary[f"{tag}/{m}/{key}"] = float(v.mean())
+            row["predicted melanoma (test)"] = "/".join(
+                str(int(r["positive_predicted"])) for r in per[m]
+            )
+            summary[f"{tag}/{m}/positive_predicted"] = float(
+                np.mean([r["positive_predicted"] for r in per[m]])
+            )
             rows.append(row)
         _plot_roc(ctx.run_dir, roc, f"roc_{tag}.png", f"{setting} (seed {seeds[0]})")
         _plot_confusions(ctx.run_dir, cms, table.classes, f"confusion_{tag}.png")

@@ -47,7 +47,7 @@ def stage1_loss(
     """
     cfg = config or SuperConConfig()
     b = labels.shape[0]
-    z = net.project(torch.cat(views, 0))
+    z = net(torch.cat(views, 0), project=True)
     feats = torch.stack([z[:b], z[b:]], dim=1)
     return sup_con(feats, labels, cfg.temperature, cfg.base_temperature)
 
@@ -267,7 +267,8 @@ def evaluate(
     Keys: ``precision_<c>``, ``recall_<c>``, ``f1_<c>`` per class, ``balanced_accuracy`` (mean
     recall of the argmax predictions), ``roc_auc`` (from the positive class's **scores**, binary
     one-vs-rest, when ``positive`` is given; macro one-vs-rest otherwise) and, with ``positive``,
-    ``positive_f1`` (F1 of the argmax predictions for that class). ``roc_auc_score`` on hard 0/1
+    ``positive_f1`` (F1 of the argmax predictions for that class), ``positive_predicted`` (how many
+    samples the argmax assigns to it) and ``positive_max_prob`` (its highest probability). ``roc_auc_score`` on hard 0/1
     predictions equals balanced accuracy and is never reported as AUC.
     """
     from sklearn import metrics
@@ -292,6 +293,9 @@ def evaluate(
     if positive is not None:
         out["roc_auc"] = binary_scores(p[:, positive], (y == positive).astype(np.int64))["roc_auc"]
         out["positive_f1"] = float(f1[positive])
+        # why an F1 is 0: how many test images the argmax calls positive, and the top score
+        out["positive_predicted"] = float((pred == positive).sum())
+        out["positive_max_prob"] = float(p[:, positive].max()) if len(p) else float("nan")
     elif len(np.unique(y)) == k:
         out["roc_auc"] = float(metrics.roc_auc_score(y, p, multi_class="ovr", average="macro"))
     else:

@@ -152,6 +152,7 @@ def test_roc_auc_from_scores_differs_from_hard_label_figure():
     assert m["roc_auc"] != pytest.approx(m["balanced_accuracy"])
     assert m["positive_f1"] == pytest.approx(0.5)  # tp=1, fp=1, fn=1
     assert cm.tolist() == [[3, 1], [1, 1]]
+    assert m["positive_predicted"] == 2 and m["positive_max_prob"] == pytest.approx(0.9)
 
 
 def test_focal_loss_and_class_weights_against_loops():
