@@ -177,6 +177,11 @@ def _settings(ctx: RunContext, demo_steps: int, full_steps: int) -> Any:
     for key in ("lam", "temperature", "margin", "lr", "samples_per_domain", "augment_copies"):
         if ctx.option(key) is not None:
             s = replace(s, **{key: type(getattr(s, key))(ctx.option(key))})
+    if ctx.option("features") is not None:  # BasicUNet widths, e.g. --set features=8,8,16,32,64,32
+        features = tuple(int(f) for f in ctx.option_list("features"))
+        if len(features) != 6:
+            raise UserInputError(f"features must be 6 BasicUNet widths, got {features}.")
+        s = replace(s, features=features)
     return s
 
 
@@ -317,7 +322,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         raise UserInputError("seeds must be >= 1.")
     torch.manual_seed(ctx.seed)
     domains, note = _from_datalist(ctx.data) if ctx.data else _embedded(with_colin=True)
-    s = _settings(ctx, demo_steps=10, full_steps=150)
+    s = _settings(ctx, demo_steps=10, full_steps=300)
     n_train = [int((d["role"] == "train").sum()) for d in domains]
     counts = {
         f: "/".join(str(len(label_subset(n, f, 0))) for n in n_train) for f in fractions

@@ -29,10 +29,12 @@ class Settings:
     """CPU-sized settings of the reduced reproduction (deviations from the paper, see docs)."""
 
     size: int = 64
-    features: tuple[int, ...] = (8, 8, 16, 32, 64, 8)
+    # the last width feeds every domain's head: at 8 the shared model lost the small Colin
+    # structures (mean Dice 0.563 vs 0.694 per-domain at 10% labels), at 32 it did not
+    features: tuple[int, ...] = (8, 8, 16, 32, 64, 32)
     embedding_dim: int = 32
     embedding_hidden: int = 64
-    steps: int = 150
+    steps: int = 300
     samples_per_domain: int = 4
     lr: float = _C.lr  # Adam
     lam: float = _C.lam
