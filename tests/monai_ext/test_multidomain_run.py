@@ -124,6 +124,18 @@ def test_write_datalist_slabs_keep_scanner_space(tmp_path: Path) -> None:
     assert total == dom.image.shape[2]
 
 
+def _reproduce_context(path: Path, options: dict):
+    from plugins.reporting import RunContext, RunDir
+
+    return RunContext(
+        "mr-multidomain",
+        RunDir(path=path),
+        device=torch.device("cpu"),
+        progress=False,
+        options=options,
+    )
+
+
 @pytest.mark.skipif(
     not data.colin_available(),
     reason="Debian mricron-data absent (apt-get install -y mricron-data)",
@@ -131,16 +143,9 @@ def test_write_datalist_slabs_keep_scanner_space(tmp_path: Path) -> None:
 def test_reproduce_label_fraction_curve_aggregates_seeds(tmp_path: Path) -> None:
     from monai_ext.multidomain.run import reproduce
     from monai_ext.multidomain.train import CONFIGS
-    from plugins.reporting import RunContext, RunDir
 
-    ctx = RunContext(
-        "mr-multidomain",
-        RunDir(path=tmp_path),
-        device=torch.device("cpu"),
-        progress=False,
-        options={"steps": 1, "augment_copies": 0, "fractions": "0.05,1.0", "seeds": 2},
-    )
-    metrics = reproduce(ctx)
+    options = {"steps": 1, "augment_copies": 0, "fractions": "0.05,1.0", "seeds": 2}
+    metrics = reproduce(_reproduce_context(tmp_path, options))
     for name in ("summary.md", "table.md", "label_fraction_curve.png", "overlay.png"):
         assert (tmp_path / name).exists(), name
     rows = json.loads((tmp_path / "metrics_per_seed.json").read_text())
@@ -157,14 +162,6 @@ def test_reproduce_label_fraction_curve_aggregates_seeds(tmp_path: Path) -> None
 def test_reproduce_rejects_bad_fractions(tmp_path: Path) -> None:
     from monai_ext.multidomain.run import reproduce
     from plugins.errors import UserInputError
-    from plugins.reporting import RunContext, RunDir
 
-    ctx = RunContext(
-        "mr-multidomain",
-        RunDir(path=tmp_path),
-        device=torch.device("cpu"),
-        progress=False,
-        options={"steps": 1, "fractions": "1.0,1.5"},
-    )
     with pytest.raises(UserInputError, match="fractions"):
-        reproduce(ctx)
+        reproduce(_reproduce_context(tmp_path, {"steps": 1, "fractions": "1.0,1.5"}))
