@@ -169,9 +169,6 @@ def _fit_and_score(
 def _settings(ctx: RunContext, demo_steps: int, full_steps: int) -> Any:
     from monai_ext.multidomain.train import Settings
 
-    if ctx.device.type == "cpu":
-        # small convolutions: one thread is ~5x faster than OpenMP threads spinning on a shared CPU
-        torch.set_num_threads(ctx.thread_count(int(ctx.option("threads", 1))))
     steps = ctx.epochs if ctx.epochs else (demo_steps if ctx.demo else full_steps)
     s = Settings(steps=int(ctx.option("steps", steps)))
     for key in ("lam", "temperature", "margin", "lr", "samples_per_domain", "augment_copies"):
@@ -240,8 +237,20 @@ def _save_checkpoint(ctx: RunContext, net: torch.nn.Module, domains: list[dict],
 
 
 # -- entry points ---------------------------------------------------------------------------------
+def _threads(ctx: RunContext) -> Any:
+    """Small convolutions: one thread is ~5x faster than OpenMP threads spinning on a shared CPU.
+    ``--set threads=N`` or the command's ``--threads`` override; restored when the run ends."""
+    return ctx.cpu_threads(int(ctx.option("threads", 1)) if ctx.device.type == "cpu" else None)
+
+
 def run(ctx: RunContext) -> dict[str, float]:
     """Train the multi-domain model with SupCon regularisation; write metrics, checkpoint, plots."""
+    with _threads(ctx):
+        return _run(ctx)
+
+
+def _run(ctx: RunContext) -> dict[str, float]:
+    """:func:`run`'s body, with the CPU threads pinned."""
     from plugins.metrics import spectrum
 
     torch.manual_seed(ctx.seed)
@@ -301,6 +310,12 @@ def _label_fraction_curve(run_dir: Any, summary: list[dict], counts: dict[float,
 
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
+    """Baselines and the method over label fractions and seeds (see :func:`_reproduce`)."""
+    with _threads(ctx):
+        return _reproduce(ctx)
+
+
+def _reproduce(ctx: RunContext) -> dict[str, Any]:
     """Baselines and the method over a label-fraction curve and several seeds.
 
     Options (``--set``): ``fractions`` (default ``1.0,<small_fraction>``, ``small_fraction`` 0.1),

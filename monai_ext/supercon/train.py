@@ -268,8 +268,8 @@ def evaluate(
     recall of the argmax predictions), ``roc_auc`` (from the positive class's **scores**, binary
     one-vs-rest, when ``positive`` is given; macro one-vs-rest otherwise) and, with ``positive``,
     ``positive_f1`` (F1 of the argmax predictions for that class), ``positive_predicted`` (how many
-    samples the argmax assigns to it) and ``positive_max_prob`` (its highest probability). ``roc_auc_score`` on hard 0/1
-    predictions equals balanced accuracy and is never reported as AUC.
+    samples the argmax assigns to it) and ``positive_max_prob`` (its highest probability).
+    ``roc_auc_score`` on hard 0/1 predictions equals balanced accuracy and is never reported as AUC.
     """
     from sklearn import metrics
 

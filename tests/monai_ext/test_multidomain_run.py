@@ -152,7 +152,9 @@ def test_reproduce_label_fraction_curve_aggregates_seeds(tmp_path: Path) -> None
     assert len(rows) == 2 * 2 * len(CONFIGS) and {r["seed"] for r in rows} == {0, 1}
     for frac in (1.0, 0.05):
         for config in CONFIGS:
-            values = [r["dice_mean"] for r in rows if (r["fraction"], r["config"]) == (frac, config)]
+            values = [
+                r["dice_mean"] for r in rows if (r["fraction"], r["config"]) == (frac, config)
+            ]
             assert metrics[f"dice_mean/{config}@{frac:g}"] == pytest.approx(np.mean(values))
             assert metrics[f"dice_mean_std/{config}@{frac:g}"] == pytest.approx(np.std(values))
     # the smallest fraction annotates two slices per domain (label_subset's floor)
