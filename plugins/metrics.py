@@ -3,7 +3,8 @@
 Representation quality: :func:`knn_accuracy`, :func:`linear_probe`, :func:`cluster_scores`.
 Collapse: :func:`spectrum`, :func:`effective_rank` (Jing et al., ICLR 2022; Garrido et al., RankMe, ICML 2023).
 Segmentation: :func:`segmentation_scores` from a confusion matrix, :func:`dice_per_class`.
-Binary classification: :func:`binary_scores` from scores (ROC-AUC is computed from scores, never hard labels).
+Binary classification: :func:`binary_scores` from scores (ROC-AUC is computed from scores, never hard labels),
+:func:`f1_optimal_threshold` to choose an operating point on validation data.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = [
     "segmentation_scores",
     "dice_per_class",
     "binary_scores",
+    "f1_optimal_threshold",
 ]
 
 
@@ -245,3 +247,30 @@ def binary_scores(
         "recall": float(metrics.recall_score(y, pred, zero_division=0)),
         "balanced_accuracy": float(metrics.balanced_accuracy_score(y, pred)),
     }
+
+
+def f1_optimal_threshold(
+    scores: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray
+) -> float:
+    """The threshold ``t`` that maximises the F1 of ``scores >= t`` against binary ``target``.
+
+    Candidates are the distinct scores; ties in F1 go to the highest threshold (the fewest
+    positive calls). Meant for validation data: the chosen ``t`` is then applied, unchanged, to the
+    test scores (e.g. with :func:`binary_scores`). Returns ``inf`` when ``target`` has no positive,
+    so that nothing is called positive.
+    """
+    s = _to_numpy(scores).astype(np.float64).reshape(-1)
+    y = _to_numpy(target).astype(np.int64).reshape(-1)
+    if len(s) != len(y):
+        raise ValueError(f"scores ({len(s)}) and target ({len(y)}) differ in length.")
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        return float("inf")
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    tp = np.cumsum(y)
+    called = np.arange(1, len(s) + 1)
+    # a threshold equal to s[i] calls every score >= s[i] positive: keep the last index of each run
+    last = np.r_[s[1:] != s[:-1], True]
+    f1 = 2 * tp[last] / (called[last] + n_pos)
+    return float(s[last][int(np.argmax(f1))])

@@ -319,12 +319,13 @@ def _reproduce(ctx: RunContext) -> dict[str, Any]:
     """Baselines and the method over a label-fraction curve and several seeds.
 
     Options (``--set``): ``fractions`` (default ``1.0,<small_fraction>``, ``small_fraction`` 0.1),
-    ``seeds`` (how many, from ``--seed``; default 1), ``steps`` and the :class:`Settings` fields.
-    Writes ``summary.md`` (mean ± std over seeds of the per-domain mean Dice), ``table.md``
+    ``seeds`` (how many, from ``--seed``; default 1), ``configs`` (a comma list of
+    :data:`~monai_ext.multidomain.train.CONFIGS` and the ablation ``md_shared_bn``; default the five
+    paper rows), ``steps`` and the :class:`Settings` fields. Writes ``summary.md`` (mean ± std over seeds of the per-domain mean Dice), ``table.md``
     (per structure, mean over seeds), ``metrics_per_seed.json``, ``label_fraction_curve.png``,
     ``loss.png`` and ``overlay.png`` (first seed, smallest fraction).
     """
-    from monai_ext.multidomain.train import CONFIGS, label_subset
+    from monai_ext.multidomain.train import ABLATIONS, CONFIGS, label_subset
 
     fractions = sorted(
         {float(f) for f in ctx.option_list("fractions", [1.0, ctx.option("small_fraction", 0.1)])},
@@ -335,6 +336,12 @@ def _reproduce(ctx: RunContext) -> dict[str, Any]:
     seeds = [ctx.seed + i for i in range(int(ctx.option("seeds", 1)))]
     if not seeds:
         raise UserInputError("seeds must be >= 1.")
+    configs = [str(c) for c in ctx.option_list("configs", CONFIGS)]
+    unknown = [c for c in configs if c not in CONFIGS + ABLATIONS]
+    if unknown or not configs:
+        raise UserInputError(
+            f"configs must be a comma list of {', '.join(CONFIGS + ABLATIONS)}; got {configs}."
+        )
     torch.manual_seed(ctx.seed)
     domains, note = _from_datalist(ctx.data) if ctx.data else _embedded(with_colin=True)
     s = _settings(ctx, demo_steps=10, full_steps=300)
@@ -348,7 +355,7 @@ def _reproduce(ctx: RunContext) -> dict[str, Any]:
             "data": note,
             "fractions": fractions,
             "seeds": seeds,
-            "configs": CONFIGS,
+            "configs": configs,
             **asdict(s),
         }
     )
@@ -359,7 +366,7 @@ def _reproduce(ctx: RunContext) -> dict[str, Any]:
     for seed in seeds:
         for frac in fractions:
             pools = _pools(domains, frac, s, seed)
-            for config in CONFIGS:
+            for config in configs:
                 res = _fit_and_score(config, domains, pools, s, ctx.device, seed, ctx.progress)
                 if seed == seeds[0]:
                     losses[f"{config}@{frac:g}"] = res["loss"][0]
@@ -393,7 +400,7 @@ def _reproduce(ctx: RunContext) -> dict[str, Any]:
     dice_keys = [k for k in per_seed[0] if k.startswith("dice_")]
     summary, rows = [], []
     for frac in fractions:
-        for config in CONFIGS:
+        for config in configs:
             group = [r for r in per_seed if r["fraction"] == frac and r["config"] == config]
             out: dict[str, Any] = {"fraction": frac, "slices": counts[frac], "config": config}
             for key in dice_keys:
@@ -426,12 +433,12 @@ def _reproduce(ctx: RunContext) -> dict[str, Any]:
     ctx.run_dir.save_table(rows, "table.md")
     _label_fraction_curve(ctx.run_dir, summary, counts)
     ctx.run_dir.plot_loss(
-        {k: v for k, v in losses.items() if k.startswith(("per_domain", "md_supcon"))}
+        {k: v for k, v in losses.items() if k.startswith(("per_domain", "md_supcon"))} or losses
     )
     _overlay(
         ctx.run_dir,
         domains,
-        {c: preds[c] for c in ("per_domain", "joint", METHOD)},
+        {c: preds[c] for c in ("per_domain", "joint", METHOD) if c in preds} or preds,
         "overlay.png",
         f"test slices at label fraction {fractions[-1]:g} (seed {seeds[0]}); {note}",
     )

@@ -22,6 +22,8 @@ from monai_ext.multidomain.model import MultiDomainUNet
 
 _C = MultiDomainConfig()
 CONFIGS = ("per_domain", "joint", "md", "md_supcon", "md_margin")
+# opt-in ablation (``--set configs=...``): the multi-domain model with one shared BN, per-domain heads
+ABLATIONS = ("md_shared_bn",)
 
 
 @dataclass
@@ -99,6 +101,8 @@ def augment_pool(
 def build(
     config: str, domain_classes: Sequence[int], s: Settings
 ) -> tuple[MultiDomainUNet, MultiDomainLoss]:
+    if config not in CONFIGS + ABLATIONS:
+        raise ValueError(f"config must be one of {CONFIGS + ABLATIONS}, got {config!r}")
     joint = config == "joint"
     reg = {"md_supcon": "supcon", "md_margin": "margin"}.get(config, "none")
     net = MultiDomainUNet(
@@ -108,7 +112,7 @@ def build(
         s.features,
         s.embedding_dim,
         s.embedding_hidden,
-        shared_bn=joint,
+        shared_bn=joint or config == "md_shared_bn",
         shared_head=joint,
     )
     return net, MultiDomainLoss(domain_classes, reg, s.lam, s.temperature, s.margin)

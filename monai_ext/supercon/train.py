@@ -260,6 +260,7 @@ def evaluate(
     labels: torch.Tensor | np.ndarray,
     classes: list[str],
     positive: int | None = None,
+    threshold: float | None = None,
 ) -> tuple[dict[str, float], np.ndarray]:
     """Metrics of probabilities (N, K) against labels (N,), and the confusion matrix (K, K)
     ``[true, pred]``.
@@ -268,7 +269,11 @@ def evaluate(
     recall of the argmax predictions), ``roc_auc`` (from the positive class's **scores**, binary
     one-vs-rest, when ``positive`` is given; macro one-vs-rest otherwise) and, with ``positive``,
     ``positive_f1`` (F1 of the argmax predictions for that class), ``positive_predicted`` (how many
-    samples the argmax assigns to it) and ``positive_max_prob`` (its highest probability).
+    samples the argmax assigns to it) and ``positive_max_prob`` (its highest probability). With
+    ``positive`` and a ``threshold`` (an operating point chosen on validation data, e.g. with
+    :func:`plugins.metrics.f1_optimal_threshold`), also ``positive_f1_at_threshold``,
+    ``positive_predicted_at_threshold`` and ``balanced_accuracy_at_threshold`` for
+    ``p[:, positive] >= threshold``, positive vs rest.
     ``roc_auc_score`` on hard 0/1 predictions equals balanced accuracy and is never reported as AUC.
     """
     from sklearn import metrics
@@ -296,6 +301,12 @@ def evaluate(
         # why an F1 is 0: how many test images the argmax calls positive, and the top score
         out["positive_predicted"] = float((pred == positive).sum())
         out["positive_max_prob"] = float(p[:, positive].max()) if len(p) else float("nan")
+        if threshold is not None:
+            at = binary_scores(p[:, positive], (y == positive).astype(np.int64), threshold)
+            out["threshold"] = float(threshold)
+            out["positive_f1_at_threshold"] = at["f1"]
+            out["balanced_accuracy_at_threshold"] = at["balanced_accuracy"]
+            out["positive_predicted_at_threshold"] = float((p[:, positive] >= threshold).sum())
     elif len(np.unique(y)) == k:
         out["roc_auc"] = float(metrics.roc_auc_score(y, p, multi_class="ovr", average="macro"))
     else:

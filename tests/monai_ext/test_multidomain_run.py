@@ -167,3 +167,37 @@ def test_reproduce_rejects_bad_fractions(tmp_path: Path) -> None:
 
     with pytest.raises(UserInputError, match="fractions"):
         reproduce(_reproduce_context(tmp_path, {"steps": 1, "fractions": "1.0,1.5"}))
+    with pytest.raises(UserInputError, match="configs must be"):
+        reproduce(_reproduce_context(tmp_path, {"steps": 1, "configs": "md,dsbn_only"}))
+
+
+@pytest.mark.skipif(
+    not data.colin_available(),
+    reason="Debian mricron-data absent (apt-get install -y mricron-data)",
+)
+def test_reproduce_runs_only_the_chosen_configs(tmp_path: Path) -> None:
+    from monai_ext.multidomain.run import reproduce
+
+    options = {"steps": 1, "augment_copies": 0, "fractions": "0.05", "configs": "md,md_shared_bn"}
+    metrics = reproduce(_reproduce_context(tmp_path, options))
+    rows = json.loads((tmp_path / "metrics_per_seed.json").read_text())
+    assert [r["config"] for r in rows] == ["md", "md_shared_bn"]
+    assert {k for k in metrics if k.startswith("dice_mean/")} == {
+        "dice_mean/md@0.05",
+        "dice_mean/md_shared_bn@0.05",
+    }
+    assert (tmp_path / "overlay.png").exists()
+
+
+def test_shared_bn_ablation_keeps_per_domain_heads_and_plain_batch_norm() -> None:
+    from monai_ext.dsbn import DomainSpecificBatchNorm
+    from monai_ext.multidomain.train import Settings, build
+
+    net, loss_fn = build("md_shared_bn", [3, 5], Settings(features=(4, 4, 4, 8, 8, 4)))
+    assert not any(isinstance(m, DomainSpecificBatchNorm) for m in net.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert [h.out_channels for h in net.heads] == [3, 5] and loss_fn.regulariser == "none"
+    md, _ = build("md", [3, 5], Settings(features=(4, 4, 4, 8, 8, 4)))
+    assert any(isinstance(m, DomainSpecificBatchNorm) for m in md.modules())
+    with pytest.raises(ValueError, match="config must be one of"):
+        build("dsbn_only", [3, 5], Settings())

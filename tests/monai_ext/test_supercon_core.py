@@ -155,6 +155,18 @@ def test_roc_auc_from_scores_differs_from_hard_label_figure():
     assert m["positive_predicted"] == 2 and m["positive_max_prob"] == pytest.approx(0.9)
 
 
+def test_evaluate_at_a_validation_threshold_counts_scores_at_or_above_it():
+    y = np.array([0, 0, 0, 0, 1, 1])
+    p1 = np.array([0.1, 0.2, 0.45, 0.6, 0.4, 0.9])
+    probs = np.stack([1 - p1, p1], 1)
+    m, _ = evaluate(probs, y, ["other", "melanoma"], positive=1, threshold=0.4)
+    # >= 0.4 calls 0.4, 0.45, 0.6, 0.9: tp=2, fp=2, fn=0 -> F1 = 4 / 6
+    assert m["positive_predicted_at_threshold"] == 4
+    assert m["positive_f1_at_threshold"] == pytest.approx(2 / 3)
+    assert m["balanced_accuracy_at_threshold"] == pytest.approx(0.5 * (2 / 4 + 1))
+    assert m["positive_f1"] == pytest.approx(0.5)  # the argmax figure is unchanged
+
+
 def test_focal_loss_and_class_weights_against_loops():
     torch.manual_seed(0)
     logits, y = torch.randn(5, 3), torch.tensor([0, 2, 1, 2, 2])

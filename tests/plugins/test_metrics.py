@@ -17,6 +17,7 @@ from plugins.metrics import (
     confusion_matrix,
     dice_per_class,
     effective_rank,
+    f1_optimal_threshold,
     hungarian_accuracy,
     knn_accuracy,
     linear_probe,
@@ -256,6 +257,33 @@ def test_binary_scores_auc_from_scores_differs_from_hard_label_figure():
 def test_binary_scores_single_class_auc_is_nan():
     s = binary_scores(np.array([0.2, 0.7]), np.array([1, 1]))
     assert math.isnan(s["roc_auc"]) and s["recall"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_f1_optimal_threshold_matches_a_loop_over_candidates(seed):
+    rng = np.random.default_rng(seed)
+    n = 60
+    y = (rng.random(n) < 0.2).astype(int)
+    y[0] = 1
+    # rounded scores create ties, which must be called positive together
+    s = np.round(rng.random(n) * 0.6 + 0.3 * y, 1)
+    t = f1_optimal_threshold(torch.tensor(s), torch.tensor(y))
+    best_f1, best_t = -1.0, None
+    for cand in sorted(set(s.tolist()), reverse=True):
+        f1 = skm.f1_score(y, (s >= cand).astype(int), zero_division=0)
+        if f1 > best_f1 + 1e-12:  # strictly better: ties keep the higher threshold
+            best_f1, best_t = f1, cand
+    assert t == best_t
+    assert binary_scores(s, y, threshold=t)["f1"] == pytest.approx(best_f1)
+
+
+def test_f1_optimal_threshold_edge_cases():
+    # perfectly separated: the lowest positive score, calling exactly the positives
+    assert f1_optimal_threshold(np.array([0.1, 0.3, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.35
+    # no positive in the validation data: nothing is called positive
+    assert f1_optimal_threshold(np.array([0.1, 0.9]), np.array([0, 0])) == math.inf
+    with pytest.raises(ValueError, match="differ in length"):
+        f1_optimal_threshold(np.array([0.1, 0.9]), np.array([0]))
 
 
 def test_confusion_matrix_rejects_predictions_outside_the_classes():
