@@ -276,8 +276,11 @@ class RunContext:
 
     def option_list(self, key: str, default: Any = ()) -> list:
         """An option as a list: ``--set key=a,b`` arrives as the string ``"a,b"`` (split on commas,
-        blanks stripped), a YAML list stays a list, a single value becomes a one-item list."""
+        blanks stripped), a YAML list stays a list, a single value becomes a one-item list and an
+        empty ``--set key=`` (YAML null) the empty list."""
         value = self.options.get(key, default)
+        if value is None:
+            return []
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return list(value) if isinstance(value, list | tuple) else [value]

@@ -269,7 +269,6 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     from plugins.metrics import f1_optimal_threshold
 
     t0 = time.time()
-    root = ctx.data or shared_path("isic")
     cfg = _config(ctx, arch="micro", image_size=32, batch_size=128, **REDUCED_STAGE2)
     epochs = ctx.epochs or 8
     seeds = [ctx.seed + i for i in range(int(ctx.option("seeds", 3)))]
@@ -282,6 +281,15 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     val_fraction = float(ctx.option("val_fraction", 0.15))
     if not 0 <= val_fraction < 0.5:
         raise UserInputError(f"val_fraction must be in [0, 0.5), got {val_fraction}.")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods or not seeds:
+        raise UserInputError(
+            f"methods must be a comma list of {', '.join(METHODS)} and seeds >= 1; "
+            f"got methods {methods}, seeds {len(seeds)}."
+        )
+    if not ratios and not ctx.option("multiclass", False):
+        raise UserInputError("nothing to run: ratios is empty and multiclass is off.")
+    root = ctx.data or shared_path("isic")
     binary = load_shared_isic(root, "melanoma")
     hashes = [file_hash(p) for p in binary.paths]
     images = load_images(binary, cfg.image_size)

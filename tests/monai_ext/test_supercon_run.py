@@ -90,3 +90,20 @@ def test_reproduce_reports_f1_at_the_validation_threshold(tmp_path):
         )
     assert (tmp_path / "roc_bin_0.02.png").exists()
     assert (tmp_path / "confusion_bin_0.02.png").exists()
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"methods": "ce,svm"}, "methods must be"),
+        ({"ratios": None}, "nothing to run"),
+        ({"val_fraction": 0.7}, "val_fraction"),
+    ],
+)
+def test_reproduce_rejects_bad_options_before_loading_images(tmp_path, options, match):
+    from monai_ext.supercon.run import reproduce
+    from plugins.errors import UserInputError
+
+    ctx = RunContext("supercon", RunDir(path=tmp_path), progress=False, options=options)
+    with pytest.raises(UserInputError, match=match):
+        reproduce(ctx)

@@ -99,3 +99,14 @@ def test_option_list_accepts_commas_yaml_lists_and_scalars(tmp_path):
     assert ctx.option_list("b") == [3, 4]
     assert ctx.option_list("c") == [5]
     assert ctx.option_list("missing", "p,q") == ["p", "q"]
+
+
+def test_option_list_of_an_empty_set_is_empty(tmp_path):
+    from plugins.cli import _parse_options
+    from plugins.reporting import RunContext, RunDir
+
+    # `--set ratios=` switches a list option off (e.g. SuperCon's 8-class-only run)
+    options = _parse_options(["ratios=", "methods= "])
+    ctx = RunContext(method="x", run_dir=RunDir(path=tmp_path / "r"), options=options)
+    assert ctx.option_list("ratios", [0.02, "natural"]) == []
+    assert ctx.option_list("methods", ["ce"]) == []
