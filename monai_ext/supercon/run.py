@@ -2,7 +2,9 @@
 
 ``run``: both SuperCon stages in one command on the embedded default (scikit-learn digits with one
 class made rare in the training split) or on ``--data PATH`` (ISIC CSV, the shared ISIC layout, or
-class-per-folder images); writes config, metrics, checkpoint and plots.
+class-per-folder images); writes config, metrics, checkpoint and plots. A validation split held out
+from training (``--set val_fraction``, default 0.15) chooses the minority class's threshold; the
+checkpoint keeps it (``threshold``) next to the weights.
 
 ``reproduce``: reduced reproduction of Chen et al. (2022) on the shared ISIC images: CE, weighted
 CE, focal, symmetric SupCon and SuperCon on melanoma-vs-rest with melanoma subsampled to ~2% of the
@@ -77,8 +79,18 @@ def fit(
 
 
 # -- data ---------------------------------------------------------------------------------------
-def _embedded(ctx: RunContext, size: int) -> dict[str, Any]:
-    """Digits with one class made rare (2% of the training split); test keeps the natural ratio."""
+def _val_fraction(ctx: RunContext) -> float:
+    """``--set val_fraction`` (default 0.15): the share of the training split held out to choose the
+    positive class's threshold; 0 turns the validation split off."""
+    value = float(ctx.option("val_fraction", 0.15))
+    if not 0 <= value < 0.5:
+        raise UserInputError(f"val_fraction must be in [0, 0.5), got {value}.")
+    return value
+
+
+def _embedded(ctx: RunContext, size: int, val_fraction: float) -> dict[str, Any]:
+    """Digits with one class made rare (2% of the training split); validation and test keep the
+    natural ratio."""
     from monai_ext.supercon.data import split_indices, subsample_class
     from plugins.data import load_digits
 
@@ -86,6 +98,9 @@ def _embedded(ctx: RunContext, size: int) -> dict[str, Any]:
     rare = int(ctx.option("rare_class", 0))
     hashes = [hashlib.sha1(x.numpy().tobytes()).hexdigest() for x in d.images]
     tr, te = split_indices(d.labels.numpy(), None, hashes, 0.25, ctx.seed)
+    va = None
+    if val_fraction > 0:
+        tr, va = _hold_out(d.labels.numpy(), None, hashes, tr, val_fraction, ctx.seed)
     tr = subsample_class(
         tr, d.labels.numpy(), rare, float(ctx.option("rare_ratio", 0.02)), ctx.seed
     )
@@ -94,13 +109,14 @@ def _embedded(ctx: RunContext, size: int) -> dict[str, Any]:
         labels=d.labels,
         classes=list(d.classes),
         train=tr,
+        val=va,
         test=te,
         positive=rare,
         note=f"scikit-learn digits, class {rare} kept at 2% of the training split",
     )
 
 
-def _user(ctx: RunContext, size: int, task: str) -> dict[str, Any]:
+def _user(ctx: RunContext, size: int, task: str, val_fraction: float) -> dict[str, Any]:
     from monai_ext.supercon.data import (
         check_classes_present,
         file_hash,
@@ -112,6 +128,9 @@ def _user(ctx: RunContext, size: int, task: str) -> dict[str, Any]:
     table = load_table(ctx.data, task)
     hashes = [file_hash(p) for p in table.paths]
     tr, te = split_indices(table.labels, table.groups, hashes, 0.2, ctx.seed)
+    va = None
+    if val_fraction > 0:
+        tr, va = _hold_out(table.labels, table.groups, hashes, tr, val_fraction, ctx.seed)
     check_classes_present(table.labels, table.classes, "training", tr)
     check_classes_present(table.labels, table.classes, "test", te)
     counts = np.bincount(table.labels[tr], minlength=len(table.classes))
@@ -123,6 +142,7 @@ def _user(ctx: RunContext, size: int, task: str) -> dict[str, Any]:
         labels=torch.from_numpy(table.labels),
         classes=table.classes,
         train=tr,
+        val=va,
         test=te,
         positive=positive,
         note=str(ctx.data),
@@ -189,7 +209,7 @@ def _plot_confusions(
 def run(ctx: RunContext) -> dict[str, float]:
     """Stage 1 + stage 2 on the embedded default or ``ctx.data``; returns headline metrics."""
     from monai_ext.supercon.train import _features, evaluate, predict_proba
-    from plugins.metrics import effective_rank, spectrum
+    from plugins.metrics import effective_rank, f1_optimal_threshold, spectrum
 
     t0 = time.time()
     embedded = ctx.data is None
@@ -198,7 +218,12 @@ def run(ctx: RunContext) -> dict[str, float]:
         defaults.update(REDUCED_STAGE2)
     cfg = _config(ctx, **defaults)
     task = str(ctx.option("task", "melanoma"))
-    d = _embedded(ctx, cfg.image_size) if embedded else _user(ctx, cfg.image_size, task)
+    val_fraction = _val_fraction(ctx)
+    d = (
+        _embedded(ctx, cfg.image_size, val_fraction)
+        if embedded
+        else _user(ctx, cfg.image_size, task, val_fraction)
+    )
     epochs = ctx.epochs or (3 if ctx.demo else (30 if embedded else cfg.stage1_epochs))
     tr, te = torch.as_tensor(d["train"]), torch.as_tensor(d["test"])
     balanced = bool(ctx.option("balanced", False))
@@ -209,6 +234,7 @@ def run(ctx: RunContext) -> dict[str, float]:
             "epochs": epochs,
             "seed": ctx.seed,
             "balanced_sampler": balanced,
+            "val_fraction": val_fraction,
             **asdict(cfg),
         }
     )
@@ -224,12 +250,26 @@ def run(ctx: RunContext) -> dict[str, float]:
         balanced,
         ctx.progress,
     )
+    pos = d["positive"]
+    threshold = None
+    if d["val"] is not None:
+        va = torch.as_tensor(d["val"])
+        p_va = predict_proba(net, d["images"][va], cfg.image_size, ctx.device)
+        threshold = f1_optimal_threshold(p_va[:, pos], d["labels"][va] == pos)
     probs = predict_proba(net, d["images"][te], cfg.image_size, ctx.device)
     y = d["labels"][te]
-    metrics, cm = evaluate(probs, y, d["classes"], positive=d["positive"])
+    metrics, cm = evaluate(probs, y, d["classes"], positive=pos, threshold=threshold)
     z = _features(net, d["images"][te], cfg.image_size, ctx.device)
     headline = {
         "minority_f1": metrics["positive_f1"],
+        **(
+            {
+                "minority_f1_at_threshold": metrics["positive_f1_at_threshold"],
+                "threshold": threshold,
+            }
+            if threshold is not None
+            else {}
+        ),
         "roc_auc": metrics["roc_auc"],
         "balanced_accuracy": metrics["balanced_accuracy"],
         "effective_rank": float(effective_rank(z)),
@@ -237,13 +277,19 @@ def run(ctx: RunContext) -> dict[str, float]:
         "seconds": time.time() - t0,
     }
     ctx.run_dir.save_metrics({**headline, **metrics, "confusion": cm.tolist()})
+    # the validation threshold travels with the weights, so predictions can use it
     ctx.run_dir.save_checkpoint(
-        {"model": net.state_dict(), "config": asdict(cfg), "classes": d["classes"]}
+        {
+            "model": net.state_dict(),
+            "config": asdict(cfg),
+            "classes": d["classes"],
+            "positive": pos,
+            "threshold": threshold,
+        }
     )
     ctx.run_dir.plot_loss(curves)
     ctx.run_dir.plot_spectrum({"SuperCon encoder (test)": spectrum(z)})
     ctx.run_dir.plot_embedding(z, y, title="SuperCon encoder features (test)")
-    pos = d["positive"]
     _plot_roc(
         ctx.run_dir,
         {"SuperCon": (probs[:, pos].numpy(), (y == pos).numpy())},
@@ -278,9 +324,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         for r in ctx.option_list("ratios", [0.02, "natural"])
     ]
     max_train = int(ctx.option("max_train", 0))
-    val_fraction = float(ctx.option("val_fraction", 0.15))
-    if not 0 <= val_fraction < 0.5:
-        raise UserInputError(f"val_fraction must be in [0, 0.5), got {val_fraction}.")
+    val_fraction = _val_fraction(ctx)
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods or not seeds:
         raise UserInputError(

@@ -36,7 +36,11 @@ def test_run_demo_writes_outputs(tmp_path):
     # the rare class really is rare in training (2%), and AUC comes from scores
     assert abs(out["train_minority_fraction"] - 0.02) < 0.005
     assert 0.5 < metrics["roc_auc"] <= 1.0
-    assert set(out) >= {"minority_f1", "roc_auc", "balanced_accuracy"}
+    assert set(out) >= {"minority_f1", "minority_f1_at_threshold", "roc_auc", "balanced_accuracy"}
+    # the threshold chosen on validation data is stored with the weights
+    ckpt = torch.load(ctx.run_dir.path / "checkpoint.pt", weights_only=False)
+    assert ckpt["threshold"] == out["threshold"] and 0 < out["threshold"] <= 1
+    assert ckpt["positive"] == 0
 
 
 def test_validation_hold_out_shares_no_patient_or_duplicate_with_train_or_test():
