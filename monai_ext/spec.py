@@ -19,5 +19,5 @@ SUPERCON = MethodSpec(
     default_data="scikit-learn digits with one class made rare (imbalanced real images)",
     run="monai_ext.supercon.run:run",
     reproduce="monai_ext.supercon.run:reproduce",
-    demo_metric="minority_f1",
+    demo_metric="minority_f1_at_threshold",
 )
