@@ -98,9 +98,7 @@ def _embedded(ctx: RunContext, size: int, val_fraction: float) -> dict[str, Any]
     rare = int(ctx.option("rare_class", 0))
     hashes = [hashlib.sha1(x.numpy().tobytes()).hexdigest() for x in d.images]
     tr, te = split_indices(d.labels.numpy(), None, hashes, 0.25, ctx.seed)
-    va = None
-    if val_fraction > 0:
-        tr, va = _hold_out(d.labels.numpy(), None, hashes, tr, val_fraction, ctx.seed)
+    tr, va = _hold_out(d.labels.numpy(), None, hashes, tr, val_fraction, ctx.seed)
     tr = subsample_class(
         tr, d.labels.numpy(), rare, float(ctx.option("rare_ratio", 0.02)), ctx.seed
     )
@@ -128,9 +126,7 @@ def _user(ctx: RunContext, size: int, task: str, val_fraction: float) -> dict[st
     table = load_table(ctx.data, task)
     hashes = [file_hash(p) for p in table.paths]
     tr, te = split_indices(table.labels, table.groups, hashes, 0.2, ctx.seed)
-    va = None
-    if val_fraction > 0:
-        tr, va = _hold_out(table.labels, table.groups, hashes, tr, val_fraction, ctx.seed)
+    tr, va = _hold_out(table.labels, table.groups, hashes, tr, val_fraction, ctx.seed)
     check_classes_present(table.labels, table.classes, "training", tr)
     check_classes_present(table.labels, table.classes, "test", te)
     counts = np.bincount(table.labels[tr], minlength=len(table.classes))
@@ -156,15 +152,38 @@ def _hold_out(
     index: np.ndarray,
     fraction: float,
     seed: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Split ``index`` into (kept, held out) with the same group/duplicate rules as the test split."""
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Split ``index`` into (kept, held out) with the same group/duplicate rules as the test split;
+    ``fraction`` 0 keeps everything and holds out ``None``."""
     from monai_ext.supercon.data import split_indices
 
+    if fraction == 0:
+        return index, None
     sub_groups = None if groups is None else [groups[i] for i in index]
     kept, held = split_indices(
         labels[index], sub_groups, [hashes[i] for i in index], fraction, seed
     )
     return index[kept], index[held]
+
+
+def _val_threshold(
+    net: Any,
+    images: torch.Tensor,
+    labels: torch.Tensor | np.ndarray,
+    val: np.ndarray | None,
+    positive: int,
+    cfg: Any,
+    device: torch.device | str,
+) -> float | None:
+    """The ``positive`` probability threshold with the best F1 on the validation images (``None``
+    without a validation split)."""
+    from monai_ext.supercon.train import predict_proba
+    from plugins.metrics import f1_optimal_threshold
+
+    if val is None:
+        return None
+    probs = predict_proba(net, images[torch.as_tensor(val)], cfg.image_size, device)
+    return f1_optimal_threshold(probs[:, positive], np.asarray(labels)[val] == positive)
 
 
 # -- plots --------------------------------------------------------------------------------------
@@ -209,7 +228,7 @@ def _plot_confusions(
 def run(ctx: RunContext) -> dict[str, float]:
     """Stage 1 + stage 2 on the embedded default or ``ctx.data``; returns headline metrics."""
     from monai_ext.supercon.train import _features, evaluate, predict_proba
-    from plugins.metrics import effective_rank, f1_optimal_threshold, spectrum
+    from plugins.metrics import effective_rank, spectrum
 
     t0 = time.time()
     embedded = ctx.data is None
@@ -251,11 +270,7 @@ def run(ctx: RunContext) -> dict[str, float]:
         ctx.progress,
     )
     pos = d["positive"]
-    threshold = None
-    if d["val"] is not None:
-        va = torch.as_tensor(d["val"])
-        p_va = predict_proba(net, d["images"][va], cfg.image_size, ctx.device)
-        threshold = f1_optimal_threshold(p_va[:, pos], d["labels"][va] == pos)
+    threshold = _val_threshold(net, d["images"], d["labels"], d["val"], pos, cfg, ctx.device)
     probs = predict_proba(net, d["images"][te], cfg.image_size, ctx.device)
     y = d["labels"][te]
     metrics, cm = evaluate(probs, y, d["classes"], positive=pos, threshold=threshold)
@@ -312,7 +327,6 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     )
     from monai_ext.supercon.train import evaluate, predict_proba
     from plugins.data import shared_path
-    from plugins.metrics import f1_optimal_threshold
 
     t0 = time.time()
     cfg = _config(ctx, arch="micro", image_size=32, batch_size=128, **REDUCED_STAGE2)
@@ -361,10 +375,8 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         fracs = []
         for seed in seeds:
             tr, te = split_indices(table.labels, table.groups, hashes, 0.2, seed)
-            va = None
-            if val_fraction > 0:
-                # held out before the subsampling, so validation keeps the test split's ratio
-                tr, va = _hold_out(table.labels, table.groups, hashes, tr, val_fraction, seed)
+            # held out before the subsampling, so validation keeps the test split's ratio
+            tr, va = _hold_out(table.labels, table.groups, hashes, tr, val_fraction, seed)
             if ratio > 0:
                 tr = subsample_class(tr, table.labels, mel, ratio, seed)
             if max_train and len(tr) > max_train:
@@ -386,10 +398,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
                     seed,
                     progress=ctx.progress,
                 )
-                threshold = None
-                if va is not None:
-                    p_va = predict_proba(net, images[va], cfg.image_size, ctx.device)
-                    threshold = f1_optimal_threshold(p_va[:, mel], table.labels[va] == mel)
+                threshold = _val_threshold(net, images, table.labels, va, mel, cfg, ctx.device)
                 probs = predict_proba(net, x_te, cfg.image_size, ctx.device)
                 met, cm = evaluate(probs, y_te, table.classes, positive=mel, threshold=threshold)
                 per[m].append(met)
