@@ -322,3 +322,39 @@ def test_condensed_digits_beat_random_selection():
         scores[method] = evaluate_synthetic(syn, test, 2, ecfg, "cpu", seed=0)["acc_mean"]
     assert scores["dc"] > scores["random"] + 0.05
     assert scores["dcc"] > scores["random"] + 0.05
+
+
+def test_reproduce_table_rows_grids_and_contrastive_step_counts(tmp_path):
+    from plugins.methods.dcc_run import reproduce
+    from plugins.reporting import RunContext, RunDir
+
+    outer = 4
+    ctx = RunContext(
+        "dcc",
+        RunDir(path=tmp_path / "run"),
+        device=torch.device("cpu"),
+        data="digits",
+        progress=False,
+        options={
+            "outer_iters": outer,
+            "ipcs": "1",
+            "methods": "random,dc,dcc",
+            "image_size": 8,
+            "width": 8,
+            "batch_real": 8,
+            "eval_epochs": 2,
+            "n_models": 2,
+            "test_limit": 200,
+        },
+    )
+    metrics = reproduce(ctx)
+    run = tmp_path / "run"
+    for method in ("random", "dc", "dcc"):
+        assert 0.0 <= metrics[f"ipc1_{method}_acc_mean"] <= 1.0
+        assert (run / f"ipc1_{method}_grid.png").exists()
+        assert (run / f"ipc1_{method}.pt").exists()
+    rows = [r for r in (run / "table.md").read_text().splitlines() if r.startswith("| 1 |")]
+    steps = {r.split("|")[2].strip(): int(r.split("|")[5]) for r in rows}
+    # warm-up: round(250 / 1000 * 4) = 1 outer iteration of DC, then 10 DCC image updates per
+    # outer iteration (ipc 1 -> 10 inner steps); DC and random never take a contrastive step
+    assert steps == {"random": 0, "dc": 0, "dcc": (outer - 1) * 10}
