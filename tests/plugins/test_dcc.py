@@ -328,7 +328,7 @@ def test_reproduce_table_rows_grids_and_contrastive_step_counts(tmp_path):
     from plugins.methods.dcc_run import reproduce
     from plugins.reporting import RunContext, RunDir
 
-    outer = 4
+    outer = 2
     ctx = RunContext(
         "dcc",
         RunDir(path=tmp_path / "run"),
@@ -355,6 +355,6 @@ def test_reproduce_table_rows_grids_and_contrastive_step_counts(tmp_path):
         assert (run / f"ipc1_{method}.pt").exists()
     rows = [r for r in (run / "table.md").read_text().splitlines() if r.startswith("| 1 |")]
     steps = {r.split("|")[2].strip(): int(r.split("|")[5]) for r in rows}
-    # warm-up: round(250 / 1000 * 4) = 1 outer iteration of DC, then 10 DCC image updates per
+    # warm-up: round(250 / 1000 * 2) = 1 outer iteration of DC, then 10 DCC image updates per
     # outer iteration (ipc 1 -> 10 inner steps); DC and random never take a contrastive step
     assert steps == {"random": 0, "dc": 0, "dcc": (outer - 1) * 10}
