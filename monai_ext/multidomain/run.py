@@ -322,8 +322,9 @@ def _reproduce(ctx: RunContext) -> dict[str, Any]:
     ``seeds`` (how many, from ``--seed``; default 1), ``configs`` (a comma list of
     :data:`~monai_ext.multidomain.train.CONFIGS` and the ablation ``md_shared_bn``; default the five
     paper rows), ``steps`` and the :class:`Settings` fields. Writes ``summary.md`` (mean ± std over
-    seeds of the per-domain mean Dice), ``table.md`` (per structure, mean over seeds), ``metrics_per_seed.json``, ``label_fraction_curve.png``,
-    ``loss.png`` and ``overlay.png`` (first seed, smallest fraction).
+    seeds of the per-domain mean Dice), ``table.md`` (per structure, mean over seeds),
+    ``metrics_per_seed.json``, ``label_fraction_curve.png``, ``loss.png`` and ``overlay.png``
+    (first seed, smallest fraction).
     """
     from monai_ext.multidomain.train import ABLATIONS, CONFIGS, label_subset
 
