@@ -265,16 +265,20 @@ def test_convnet_rejects_too_small_images():
         ConvNet(1, 10, 4, depth=3)
 
 
-def test_run_writes_run_directory(tmp_path):
-    from plugins.methods.dcc_run import run
+def _context(run_dir, **kwargs):
     from plugins.reporting import RunContext, RunDir
 
-    ctx = RunContext(
-        "dcc",
-        RunDir(path=tmp_path / "run"),
-        device=torch.device("cpu"),
+    return RunContext(
+        "dcc", RunDir(path=run_dir), device=torch.device("cpu"), progress=False, **kwargs
+    )
+
+
+def test_run_writes_run_directory(tmp_path):
+    from plugins.methods.dcc_run import run
+
+    ctx = _context(
+        tmp_path / "run",
         demo=True,
-        progress=False,
         options={
             "width": 8,
             "outer_iters": 1,
@@ -326,15 +330,11 @@ def test_condensed_digits_beat_random_selection():
 
 def test_reproduce_table_rows_grids_and_contrastive_step_counts(tmp_path):
     from plugins.methods.dcc_run import reproduce
-    from plugins.reporting import RunContext, RunDir
 
     outer = 2
-    ctx = RunContext(
-        "dcc",
-        RunDir(path=tmp_path / "run"),
-        device=torch.device("cpu"),
+    ctx = _context(
+        tmp_path / "run",
         data="digits",
-        progress=False,
         options={
             "outer_iters": outer,
             "ipcs": "1",
