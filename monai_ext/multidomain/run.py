@@ -136,7 +136,13 @@ def _fit_and_score(
     seed: int,
     progress: bool,
 ) -> dict:
-    from monai_ext.multidomain.train import build, predict, surface_scores, train
+    from monai_ext.multidomain.train import (
+        adapt_bn_statistics,
+        build,
+        predict,
+        surface_scores,
+        train,
+    )
 
     classes = [len(d["classes"]) for d in domains]
     groups = (
@@ -156,7 +162,12 @@ def _fit_and_score(
         for local, k in enumerate(group):
             d = domains[k]
             te = np.nonzero(d["role"] == "test")[0]
-            pred, emb = predict(net, d["image"][te], local, device)
+            scored = (
+                adapt_bn_statistics(net, d["image"][te], local, device)
+                if s.test_bn == "adapt"
+                else net
+            )
+            pred, emb = predict(scored, d["image"][te], local, device)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 result["scores"][k] = surface_scores(
@@ -174,6 +185,14 @@ def _settings(ctx: RunContext, demo_steps: int, full_steps: int) -> Any:
     for key in ("lam", "temperature", "margin", "lr", "samples_per_domain", "augment_copies"):
         if ctx.option(key) is not None:
             s = replace(s, **{key: type(getattr(s, key))(ctx.option(key))})
+    if ctx.option("test_bn") is not None:
+        from monai_ext.multidomain.train import TEST_BN
+
+        if ctx.option("test_bn") not in TEST_BN:
+            raise UserInputError(
+                f"test_bn must be one of {', '.join(TEST_BN)}, got {ctx.option('test_bn')!r}."
+            )
+        s = replace(s, test_bn=str(ctx.option("test_bn")))
     if ctx.option("features") is not None:  # BasicUNet widths, e.g. --set features=8,8,16,32,64,32
         features = tuple(int(f) for f in ctx.option_list("features"))
         if len(features) != 6:

@@ -8,14 +8,17 @@ shared head; the multi-domain model without regulariser; with SupCon; with the m
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.nn.modules.batchnorm import _BatchNorm
 from tqdm.auto import tqdm
 
+from monai_ext.dsbn import DomainSpecificBatchNorm
 from monai_ext.multidomain.config import MultiDomainConfig
 from monai_ext.multidomain.loss import MultiDomainLoss
 from monai_ext.multidomain.model import MultiDomainUNet
@@ -43,6 +46,9 @@ class Settings:
     temperature: float = _C.temperature
     margin: float = _C.margin
     augment_copies: int = 2
+    # "running": BN statistics from training, as in the paper; "adapt": re-estimated on each
+    # domain's test slices before scoring (AdaBN, see adapt_bn_statistics), for every config
+    test_bn: str = "running"
 
 
 def label_subset(n: int, fraction: float, seed: int) -> np.ndarray:
@@ -146,6 +152,39 @@ def train(
         opt.step()
         history.append(float(loss.detach()))
     return history
+
+
+TEST_BN = ("running", "adapt")
+
+
+@torch.no_grad()
+def adapt_bn_statistics(
+    net: MultiDomainUNet, image: torch.Tensor, domain: int, device: torch.device, batch: int = 64
+) -> MultiDomainUNet:
+    """A copy of ``net`` whose batch-norm statistics of ``domain`` are re-estimated on ``image``.
+
+    AdaBN (Li et al., "Adaptive batch normalization for practical domain adaptation", Pattern
+    Recognition 80, 2018): every learned weight stays; only the running mean and variance are
+    replaced by those of the target images (unlabelled, e.g. a domain's test slices). Only the
+    domain's DSBN slot changes; with a shared BN, the shared statistics. Batches are averaged with
+    equal weight (``momentum=None``), so one batch gives the images' exact statistics.
+    """
+    net = copy.deepcopy(net).to(device)
+    slots = {id(b) for m in net.modules() if isinstance(m, DomainSpecificBatchNorm) for b in m.bns}
+    for m in net.modules():
+        if isinstance(m, DomainSpecificBatchNorm):
+            targets = [m.bns[domain]]
+        elif isinstance(m, _BatchNorm) and id(m) not in slots:
+            targets = [m]
+        else:
+            continue
+        for bn in targets:
+            bn.reset_running_stats()
+            bn.momentum = None
+    net.train()
+    for x in image.split(batch):
+        net.forward_multi(x.to(device), torch.full((len(x),), domain, device=device))
+    return net.eval()
 
 
 @torch.no_grad()

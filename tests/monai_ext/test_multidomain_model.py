@@ -181,3 +181,35 @@ def test_balanced_sampler() -> None:
         DomainBalancedBatchSampler([0, 2, 2], 1)
     with pytest.raises(UserInputError, match="domain id 3 is out of range"):
         DomainBalancedBatchSampler([0, 1, 3], 1, num_domains=2)
+
+
+@pytest.mark.parametrize("shared_bn", [False, True])
+def test_adapt_bn_statistics_re_estimates_only_the_domains_statistics(shared_bn: bool) -> None:
+    from monai_ext.multidomain.train import adapt_bn_statistics
+
+    net = _net(shared_bn=shared_bn)
+    torch.manual_seed(3)
+    x = torch.randn(8, 1, 32, 32)
+    net.train()
+    with torch.no_grad():  # fill every slot's statistics with something other than the defaults
+        net.forward_multi(x, torch.tensor([0, 1] * 4))
+    before = copy.deepcopy(net.state_dict())
+    target = 3 * torch.rand(6, 1, 32, 32) + 1  # the "test slices" of domain 1: other statistics
+    adapted = adapt_bn_statistics(net, target, 1, torch.device("cpu"), batch=6)
+    # the original is untouched and every learned weight is copied as it was
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+    for (k, v), (k2, v2) in zip(net.named_parameters(), adapted.named_parameters(), strict=True):
+        assert k == k2
+        torch.testing.assert_close(v, v2)
+    first = adapted.backbone.conv_0.conv_0
+    bn = first.adn.N if shared_bn else first.adn.N.bns[1]
+    with torch.no_grad():
+        h = first.conv(target)  # the first BN's input on the target images
+    # one batch: exactly the target's mean and unbiased variance, as AdaBN prescribes
+    torch.testing.assert_close(bn.running_mean, h.mean((0, 2, 3)))
+    torch.testing.assert_close(bn.running_var, h.var((0, 2, 3), unbiased=True))
+    if not shared_bn:  # domain 0's slot keeps its training statistics
+        slot0 = "backbone.conv_0.conv_0.adn.N.bns.0.running_mean"
+        torch.testing.assert_close(adapted.state_dict()[slot0], before[slot0])
+    assert not adapted.training

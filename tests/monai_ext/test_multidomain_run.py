@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from monai_ext.multidomain import data
 from monai_ext.multidomain.train import label_subset, surface_scores
@@ -169,6 +170,8 @@ def test_reproduce_rejects_bad_fractions(tmp_path: Path) -> None:
         reproduce(_reproduce_context(tmp_path, {"steps": 1, "fractions": "1.0,1.5"}))
     with pytest.raises(UserInputError, match="configs must be"):
         reproduce(_reproduce_context(tmp_path, {"steps": 1, "configs": "md,dsbn_only"}))
+    with pytest.raises(UserInputError, match="test_bn must be one of running, adapt"):
+        reproduce(_reproduce_context(tmp_path, {"steps": 1, "test_bn": "test"}))
 
 
 @pytest.mark.skipif(
@@ -187,6 +190,23 @@ def test_reproduce_runs_only_the_chosen_configs(tmp_path: Path) -> None:
         "dice_mean/md_shared_bn@0.05",
     }
     assert (tmp_path / "overlay.png").exists()
+
+
+@pytest.mark.skipif(
+    not data.colin_available(),
+    reason="Debian mricron-data absent (apt-get install -y mricron-data)",
+)
+def test_reproduce_scores_with_test_adapted_bn_statistics_when_asked(tmp_path: Path) -> None:
+    from monai_ext.multidomain.run import reproduce
+
+    dice = {}
+    for mode in ("running", "adapt"):
+        options = {"steps": 2, "augment_copies": 0, "fractions": "0.05", "configs": "md"}
+        out = tmp_path / mode
+        dice[mode] = reproduce(_reproduce_context(out, {**options, "test_bn": mode}))
+        assert yaml.safe_load((out / "config.yaml").read_text())["test_bn"] == mode
+    # the same trained network (same seed), scored under other statistics
+    assert dice["running"]["dice_mean/md@0.05"] != dice["adapt"]["dice_mean/md@0.05"]
 
 
 def test_shared_bn_ablation_keeps_per_domain_heads_and_plain_batch_norm() -> None:
