@@ -178,21 +178,16 @@ def _fit_and_score(
 
 
 def _settings(ctx: RunContext, demo_steps: int, full_steps: int) -> Any:
-    from monai_ext.multidomain.train import Settings
+    from monai_ext.multidomain.train import TEST_BN, Settings
 
     steps = ctx.epochs if ctx.epochs else (demo_steps if ctx.demo else full_steps)
     s = Settings(steps=int(ctx.option("steps", steps)))
-    for key in ("lam", "temperature", "margin", "lr", "samples_per_domain", "augment_copies"):
+    keys = ("lam", "temperature", "margin", "lr", "samples_per_domain", "augment_copies", "test_bn")
+    for key in keys:
         if ctx.option(key) is not None:
             s = replace(s, **{key: type(getattr(s, key))(ctx.option(key))})
-    if ctx.option("test_bn") is not None:
-        from monai_ext.multidomain.train import TEST_BN
-
-        if ctx.option("test_bn") not in TEST_BN:
-            raise UserInputError(
-                f"test_bn must be one of {', '.join(TEST_BN)}, got {ctx.option('test_bn')!r}."
-            )
-        s = replace(s, test_bn=str(ctx.option("test_bn")))
+    if s.test_bn not in TEST_BN:
+        raise UserInputError(f"test_bn must be one of {', '.join(TEST_BN)}, got {s.test_bn!r}.")
     if ctx.option("features") is not None:  # BasicUNet widths, e.g. --set features=8,8,16,32,64,32
         features = tuple(int(f) for f in ctx.option_list("features"))
         if len(features) != 6:

@@ -27,6 +27,8 @@ _C = MultiDomainConfig()
 CONFIGS = ("per_domain", "joint", "md", "md_supcon", "md_margin")
 # opt-in ablation (``--set configs=...``): the multi-domain model with one shared BN, per-domain heads
 ABLATIONS = ("md_shared_bn",)
+# BN statistics used at test time (Settings.test_bn)
+TEST_BN = ("running", "adapt")
 
 
 @dataclass
@@ -154,9 +156,6 @@ def train(
     return history
 
 
-TEST_BN = ("running", "adapt")
-
-
 @torch.no_grad()
 def adapt_bn_statistics(
     net: MultiDomainUNet, image: torch.Tensor, domain: int, device: torch.device, batch: int = 64
@@ -170,17 +169,11 @@ def adapt_bn_statistics(
     equal weight (``momentum=None``), so one batch gives the images' exact statistics.
     """
     net = copy.deepcopy(net).to(device)
-    slots = {id(b) for m in net.modules() if isinstance(m, DomainSpecificBatchNorm) for b in m.bns}
-    for m in net.modules():
-        if isinstance(m, DomainSpecificBatchNorm):
-            targets = [m.bns[domain]]
-        elif isinstance(m, _BatchNorm) and id(m) not in slots:
-            targets = [m]
-        else:
-            continue
-        for bn in targets:
-            bn.reset_running_stats()
-            bn.momentum = None
+    # the model converts every BN or none: it holds DSBN slots or shared BNs, never both
+    targets = [m.bns[domain] for m in net.modules() if isinstance(m, DomainSpecificBatchNorm)]
+    for bn in targets or [m for m in net.modules() if isinstance(m, _BatchNorm)]:
+        bn.reset_running_stats()
+        bn.momentum = None
     net.train()
     for x in image.split(batch):
         net.forward_multi(x.to(device), torch.full((len(x),), domain, device=device))
