@@ -13,22 +13,34 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from plugins.errors import UserInputError
 from plugins.registry import MethodSpec, available_methods, get_method
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _parse_options(pairs: list[str]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UserInputError(f"--set expects key=value, got '{pair}'.")
-        options[key] = yaml.safe_load(value)
-    return options
+def _positive_int(name: str) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        return value
+
+    parse.__name__ = name
+    return parse
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def _device(name: str | None) -> Any:
@@ -44,10 +56,14 @@ def _device(name: str | None) -> Any:
         raise UserInputError(
             f"device '{name}' requested but CUDA is not available on this machine."
         )
+    if device.type not in ("cpu", "cuda"):
+        raise UserInputError(f"unsupported device '{name}'; use cpu, cuda or cuda:N.")
     return device
 
 
-def _context(spec: MethodSpec, args: argparse.Namespace, demo: bool) -> Any:
+def _context(spec: MethodSpec, args: argparse.Namespace, demo: bool, command: str) -> Any:
+    from plugins.checkpoint import parse_every
+    from plugins.options import parse_pairs
     from plugins.reporting import RunContext, RunDir
 
     # names without a path separator ("digits", "cora", ...) are data-set names the method resolves
@@ -56,24 +72,83 @@ def _context(spec: MethodSpec, args: argparse.Namespace, demo: bool) -> Any:
     )
     if looks_like_path and not Path(args.data).exists():
         raise UserInputError(f"data path {args.data} does not exist.")
-    if args.threads is not None:
-        import torch
-
-        if args.threads < 1:
-            raise UserInputError(f"--threads must be at least 1, got {args.threads}.")
-        torch.set_num_threads(args.threads)
-    return RunContext(
+    resume = getattr(args, "resume", None)
+    if resume is not None and not Path(resume).is_file():
+        raise UserInputError(f"--resume file {resume} does not exist.")
+    every = parse_every(getattr(args, "checkpoint_every", None) or "2m")
+    device = _device(args.device)
+    ctx = RunContext(
         method=spec.name,
         run_dir=RunDir(args.out, spec.name),
         data=args.data,
         epochs=args.epochs,
-        device=_device(args.device),
+        device=device,
         seed=args.seed,
         demo=demo,
-        options=_parse_options(args.set),
+        options=parse_pairs(args.set),
         progress=not args.no_progress,
         threads=args.threads,
+        option_set=spec.option_set(command),
+        resume=resume,
+        checkpoint_every=every,
     )
+    if resume is not None:  # a wrong file is one sentence now, not after data loading
+        ctx.checkpointer().load_resume()
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return ctx
+
+
+def _execute(spec: MethodSpec, ctx: Any, command: str, fn: Any) -> dict[str, Any]:
+    """Run ``fn(ctx)`` inside the run folder's life cycle: nothing is left when it fails before
+    work starts; otherwise ``metrics.json`` gets ``status`` and ``config.yaml`` what was used."""
+    run_dir = ctx.run_dir
+    status, error = "failed", None
+    try:
+        with run_dir.activate():
+            metrics = fn(ctx)
+        run_dir.save_metrics(metrics)
+        status = "completed"
+        return metrics
+    except KeyboardInterrupt as e:
+        status = "terminated" if isinstance(e, Terminated) else "interrupted"
+        raise
+    except UserInputError as e:
+        error = str(e)
+        raise
+    except Exception as e:
+        error = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        if run_dir.path.exists() and (run_dir.started or status == "completed"):
+            run_dir.save_config(
+                {
+                    "command": {
+                        "name": command,
+                        "method": spec.name,
+                        "data": ctx.data,
+                        "epochs": ctx.epochs,
+                        "seed": ctx.seed,
+                        "device": str(ctx.device),
+                        "demo": ctx.demo,
+                        "resume": ctx.resume,
+                        "threads": ctx.threads,
+                    },
+                    "options_given": dict(ctx.options),
+                    "options_used": dict(ctx.used),
+                }
+            )
+        run_dir.finish(status, error)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an interrupt so that the run folder records how the run ended."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -96,9 +171,8 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     spec = get_method(args.method)
-    ctx = _context(spec, args, demo=args.demo)
-    metrics = spec.load_run()(ctx)
-    ctx.run_dir.save_metrics(metrics)
+    ctx = _context(spec, args, demo=args.demo, command="run")
+    metrics = _execute(spec, ctx, "run", spec.load_run())
     print(f"{spec.name}: results in {ctx.run_dir.path}")
     _print_metrics(metrics)
     return 0
@@ -106,9 +180,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     spec = get_method(args.method)
-    ctx = _context(spec, args, demo=False)
-    metrics = spec.load_reproduce()(ctx)
-    ctx.run_dir.save_metrics(metrics)
+    reproduce = spec.load_reproduce()
+    ctx = _context(spec, args, demo=False, command="reproduce")
+    metrics = _execute(spec, ctx, "reproduce", reproduce)
     table = ctx.run_dir.path / "table.md"
     print(f"{spec.name} reproduction: results in {ctx.run_dir.path}")
     if table.exists():
@@ -136,9 +210,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         args.data = None
         start = time.perf_counter()
         try:
-            ctx = _context(spec, args, demo=True)
-            metrics = spec.load_run()(ctx)
-            ctx.run_dir.save_metrics(metrics)
+            ctx = _context(spec, args, demo=True, command="run")
+            metrics = _execute(spec, ctx, "run", spec.load_run())
             key = spec.demo_metric or next(iter(metrics), "")
             value = metrics.get(key)
             rows.append(
@@ -151,6 +224,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     "run dir": str(ctx.run_dir.path),
                 }
             )
+        except KeyboardInterrupt:
+            raise
         except Exception as e:  # one failing method must not hide the others' results
             failed += 1
             rows.append(
@@ -168,14 +243,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _predict_methods() -> dict[str, MethodSpec]:
+    return {n: s for n, s in available_methods().items() if s.extra.get("predict")}
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     spec = get_method(args.method)
     target = spec.extra.get("predict")
     if target is None:
-        raise UserInputError(f"method '{spec.name}' has no predict command.")
+        raise UserInputError(
+            f"method '{spec.name}' has no predict command; predict takes: "
+            f"{', '.join(_predict_methods()) or '(none)'}."
+        )
     from plugins.registry import _load
 
     return int(_load(target)(args.args) or 0)
+
+
+def _bench_topics() -> list[str]:
+    if not BENCH_DIR.is_dir():
+        return []
+    return sorted(p.stem for p in BENCH_DIR.glob("*.py") if not p.name.startswith("_"))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -183,80 +271,156 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UserInputError(
             "benchmarks live in the source checkout (benchmarks/); run this from a git clone."
         )
-    scripts = sorted(p for p in BENCH_DIR.glob("*.py") if not p.name.startswith("_"))
+    topics = _bench_topics()
     if args.topic:
-        scripts = [p for p in scripts if p.stem == args.topic]
-        if not scripts:
-            raise UserInputError(f"no benchmark named '{args.topic}' in {BENCH_DIR}.")
+        if args.topic not in topics:
+            raise UserInputError(
+                f"no benchmark named '{args.topic}'; choose from: {', '.join(topics)}."
+            )
+        topics = [args.topic]
     status = 0
-    for script in scripts:
-        print(f"== {script.stem}", flush=True)
-        status |= subprocess.call([sys.executable, str(script), *args.args])
+    for topic in topics:
+        print(f"== {topic}", flush=True)
+        status |= subprocess.call([sys.executable, str(BENCH_DIR / f"{topic}.py"), *args.args])
     return status
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``contrastive-plugins: error: ...`` and exit status 2."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        print(f"{self.prog}: error: {message} (see {self.prog} --help).", file=sys.stderr)
+        raise SystemExit(2)
+
+
+class _MethodHelp(argparse.Action):
+    """``run METHOD --help``: the usual help, then the method's ``--set`` keys with defaults."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any):
+        super().__init__(
+            option_strings,
+            dest,
+            nargs=0,
+            help="show this help (with METHOD: its --set keys) and exit",
+        )
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option_string: Any = None) -> None:  # fmt: skip
+        parser.print_help()
+        command = parser.prog.split()[-1]
+        method = getattr(namespace, "method", None)
+        specs = available_methods()
+        if method in specs:
+            spec = specs[method]
+            print(f"\n--set options of '{command} {method}' (key=default):")
+            print(spec.option_set(command).help_text())
+        else:
+            print(f"\nmethods: {', '.join(specs)}; '{command} METHOD --help' lists its --set keys.")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="contrastive-plugins", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="contrastive-plugins", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("list", help="registered methods").set_defaults(func=cmd_list)
 
-    def add_run_flags(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--data", help="data path (default: the method's embedded real data)")
-        sp.add_argument("--epochs", type=int, help="training epochs (default: the method's)")
+    def add_run_flags(sp: argparse.ArgumentParser, resumable: bool = True) -> None:
+        sp.add_argument(
+            "--data", help="data path or data-set name (default: the method's embedded real data)"
+        )
+        sp.add_argument(
+            "--epochs",
+            type=_positive_int("epochs"),
+            help="training epochs or steps, at least 1 (default: the method's; see config.yaml)",
+        )
         sp.add_argument(
             "--device", default="auto", help="cpu, cuda, cuda:N (default: cuda when available)"
         )
         sp.add_argument(
             "--out", default="runs", help="parent folder of run directories (default: runs)"
         )
-        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument(
+            "--seed", type=_non_negative_int, default=0, help="random seed, 0 or more (default 0)"
+        )
         sp.add_argument(
             "--set",
             action="append",
             default=[],
             metavar="KEY=VALUE",
-            help="method option, repeatable",
+            help="method option, repeatable; 'METHOD --help' lists the keys",
         )
         sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
         sp.add_argument(
             "--threads",
-            type=int,
-            help="torch CPU threads (default: torch's; 1 is often faster on a busy machine)",
+            type=_positive_int("threads"),
+            help="torch CPU threads, at least 1 (default: the method's; 1 is often faster on a busy machine)",
         )
+        if resumable:
+            sp.add_argument(
+                "--resume",
+                metavar="CKPT",
+                help="continue from a run's last.ckpt (same method, data and options)",
+            )
+            sp.add_argument(
+                "--checkpoint-every",
+                metavar="N|Ts|Tm",
+                help="write last.ckpt every N steps or T seconds/minutes (default 2m; 0: only at the end)",
+            )
 
     for name, func, help_ in (
         ("run", cmd_run, "train one method"),
         ("reproduce", cmd_reproduce, "small-scale reproduction of the paper's claim"),
     ):
-        sp = sub.add_parser(name, help=help_)
-        sp.add_argument("method")
-        add_run_flags(sp)
+        sp = sub.add_parser(name, help=help_, add_help=False)
+        sp.add_argument("-h", "--help", action=_MethodHelp)
+        sp.add_argument("method", help="a registered method (see 'contrastive-plugins list')")
+        add_run_flags(sp, resumable=name == "run")
         if name == "run":
             sp.add_argument("--demo", action="store_true", help="a short run")
         sp.set_defaults(func=func)
 
     sp = sub.add_parser("demo", help="every method briefly on its embedded data; one table")
-    add_run_flags(sp)
+    add_run_flags(sp, resumable=False)
     sp.add_argument("--methods", help="comma-separated subset")
     sp.set_defaults(func=cmd_demo)
 
+    predict = ", ".join(_predict_methods()) or "(none installed)"
     sp = sub.add_parser(
         "predict",
-        help="method-specific inference, e.g. predict glcnet --checkpoint C IN.tif OUT.tif",
+        help=f"method-specific inference (methods: {predict}), e.g. predict glcnet --checkpoint C IN.tif OUT.tif",
+        description=f"Method-specific inference. Methods with a predict command: {predict}. "
+        "'predict METHOD --help' shows that method's arguments.",
     )
-    sp.add_argument("method")
-    sp.add_argument("args", nargs=argparse.REMAINDER)
+    sp.add_argument("method", help=f"one of: {predict}")
+    sp.add_argument("args", nargs=argparse.REMAINDER, help="the method's own arguments")
     sp.set_defaults(func=cmd_predict)
 
-    sp = sub.add_parser("bench", help="run the benchmarks (source checkout)")
-    sp.add_argument("topic", nargs="?")
-    sp.add_argument("args", nargs=argparse.REMAINDER)
+    topics = ", ".join(_bench_topics()) or "(source checkout only)"
+    sp = sub.add_parser(
+        "bench",
+        help=f"run the benchmarks (topics: {topics})",
+        description=f"Speed and memory against peer libraries, measured in one run. Topics: {topics}.",
+    )
+    sp.add_argument("topic", nargs="?", help=f"one of: {topics} (default: all)")
+    sp.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark script")
     sp.set_defaults(func=cmd_bench)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    import signal
+
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a bad flag already reported in one line
+        return int(e.code or 0)
+    from plugins.progress import set_enabled
+
+    set_enabled(not getattr(args, "no_progress", False))
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (e.g. called from a test worker thread)
+        pass
     try:
         return args.func(args)
     except UserInputError as e:
@@ -265,9 +429,16 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(f"contrastive-plugins: error: file not found: {e.filename or e}.", file=sys.stderr)
         return 2
+    except Terminated:
+        print("contrastive-plugins: terminated.", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("contrastive-plugins: interrupted.", file=sys.stderr)
         return 130
+    finally:
+        set_enabled(True)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

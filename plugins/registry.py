@@ -34,6 +34,9 @@ class MethodSpec:
             metrics. ``ctx.demo`` asks for a short run (seconds to a minute on a CPU).
         reproduce: ``"module:function"`` with the same signature for the paper-claim reproduction.
         demo_metric: the metric key the demo table shows for this method.
+        options: ``"module:NAME"`` of a mapping ``{"run": OptionSet, "reproduce": OptionSet}``:
+            the ``--set`` keys each command reads (imported only when a method runs or its help
+            is shown). ``None``: the method takes no ``--set`` options.
     """
 
     name: str
@@ -44,7 +47,18 @@ class MethodSpec:
     run: str
     reproduce: str | None = None
     demo_metric: str | None = None
+    options: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def option_set(self, command: str = "run") -> Any:
+        """The :class:`plugins.options.OptionSet` of ``command`` (``run`` or ``reproduce``)."""
+        from plugins.options import OptionSet
+
+        if self.options is None:
+            return OptionSet()
+        module, _, attr = self.options.partition(":")
+        sets = getattr(importlib.import_module(module), attr)
+        return sets.get(command, OptionSet())
 
     def load_run(self) -> Callable[..., dict]:
         return _load(self.run)

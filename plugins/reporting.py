@@ -3,12 +3,14 @@ atomically written checkpoints and PNG plots (matplotlib, Agg backend)."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import math
 import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,14 @@ import numpy as np
 import torch
 import yaml
 
-__all__ = ["RunDir", "RunContext", "default_device"]
+__all__ = ["RunDir", "RunContext", "default_device", "atomic_write_bytes", "active_run_dir"]
+
+_ACTIVE: contextvars.ContextVar[RunDir | None] = contextvars.ContextVar("active_run", default=None)
+
+
+def active_run_dir() -> RunDir | None:
+    """The run folder the command is working in (set by :meth:`RunDir.activate`), if any."""
+    return _ACTIVE.get()
 
 
 def default_device() -> torch.device:
@@ -44,7 +53,8 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _atomic_write_bytes(path: Path, write: Any) -> None:
+def atomic_write_bytes(path: Path, write: Any) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -56,8 +66,14 @@ def _atomic_write_bytes(path: Path, write: Any) -> None:
             os.remove(tmp)
 
 
+_RESERVED: set[Path] = set()
+
+
 class RunDir:
-    """One run's output folder.
+    """One run's output folder, created when the first file is written into it.
+
+    A command that fails before any work leaves no folder; one that fails after work started keeps
+    the folder with ``status`` in ``metrics.json`` saying how it ended (see :meth:`finish`).
 
     Args:
         root: parent folder (``runs`` by default).
@@ -72,20 +88,54 @@ class RunDir:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             path = Path(root) / f"{method}-{stamp}"
             i = 1
-            while path.exists():
+            while path.exists() or path.resolve() in _RESERVED:
                 path = Path(root) / f"{method}-{stamp}-{i}"
                 i += 1
+            _RESERVED.add(path.resolve())  # created lazily, so reserve the name in this process
         self.path = Path(path)
+        self.started = False
+
+    def ensure(self) -> Path:
+        """Create the folder (for code that writes into it directly, e.g. Lightning) and return it."""
         self.path.mkdir(parents=True, exist_ok=True)
+        return self.path
+
+    def mark_started(self) -> None:
+        """Training (or other real work) has begun: from now on a failure keeps the folder."""
+        self.started = True
+
+    @contextlib.contextmanager
+    def activate(self) -> Iterator[RunDir]:
+        """Make this the folder that progress bars mark as started (see :mod:`plugins.progress`)."""
+        token = _ACTIVE.set(self)
+        try:
+            yield self
+        finally:
+            _ACTIVE.reset(token)
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        """Record how the run ended; a run that never started is removed instead."""
+        if not self.path.exists():
+            return
+        if not self.started and status != "completed":
+            import shutil
+
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        self.save_metrics({"status": status, **({"error": error} if error else {})})
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
 
-    def save_config(self, config: Mapping[str, Any]) -> Path:
+    def save_config(self, config: Mapping[str, Any], merge: bool = True) -> Path:
+        """Write ``config.yaml``; by default merges into what is already there."""
         out = self.path / "config.yaml"
-        _atomic_write_bytes(
-            out,
-            lambda tmp: Path(tmp).write_text(yaml.safe_dump(_plain(dict(config)), sort_keys=False)),
+        data: dict[str, Any] = {}
+        if merge and out.exists():
+            data = yaml.safe_load(out.read_text()) or {}
+        data.update(_plain(dict(config)))
+        atomic_write_bytes(
+            out, lambda tmp: Path(tmp).write_text(yaml.safe_dump(data, sort_keys=False))
         )
         return out
 
@@ -96,13 +146,13 @@ class RunDir:
         if merge and out.exists():
             data = json.loads(out.read_text())
         data.update(_plain(dict(metrics)))
-        _atomic_write_bytes(out, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2)))
+        atomic_write_bytes(out, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2)))
         return out
 
     def save_json(self, data: Any, name: str) -> Path:
         """Write ``name`` (JSON) atomically, e.g. per-seed metrics beside ``metrics.json``."""
         out = self.path / name
-        _atomic_write_bytes(
+        atomic_write_bytes(
             out, lambda tmp: Path(tmp).write_text(json.dumps(_plain(data), indent=2))
         )
         return out
@@ -114,14 +164,14 @@ class RunDir:
     def save_checkpoint(self, state: Mapping[str, Any], name: str = "checkpoint.pt") -> Path:
         """``torch.save`` to a temporary file in the run folder, then rename (never a half-written file)."""
         out = self.path / name
-        _atomic_write_bytes(out, lambda tmp: torch.save(dict(state), tmp))
+        atomic_write_bytes(out, lambda tmp: torch.save(dict(state), tmp))
         return out
 
     def save_figure(self, fig: Any, name: str) -> Path:
         import matplotlib.pyplot as plt
 
         out = self.path / name
-        _atomic_write_bytes(
+        atomic_write_bytes(
             out, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
         )
         plt.close(fig)
@@ -131,7 +181,7 @@ class RunDir:
         """Write rows as a Markdown table (columns from the first row) and return the path."""
         text = markdown_table(rows)
         out = self.path / name
-        _atomic_write_bytes(out, lambda tmp: Path(tmp).write_text(text))
+        atomic_write_bytes(out, lambda tmp: Path(tmp).write_text(text))
         return out
 
     # -- standard plots -------------------------------------------------------------------------
@@ -148,6 +198,7 @@ class RunDir:
             ax.plot(np.arange(1, len(values) + 1), np.asarray(values, dtype=float), label=label)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("loss")
+        ax.xaxis.set_major_locator(_integer_locator())  # steps and epochs are whole numbers
         if len(series) > 1:
             ax.legend()
         ax.grid(alpha=0.3)
@@ -174,20 +225,88 @@ class RunDir:
         labels: torch.Tensor | np.ndarray,
         name: str = "embedding.png",
         title: str = "",
+        class_names: Sequence[str] | None = None,
     ) -> Path:
-        """2-D map of embeddings (PCA then t-SNE when there are enough points) coloured by label."""
+        """2-D map of embeddings (PCA then t-SNE when there are enough points) coloured by label.
+
+        Up to 20 classes get a legend with one entry per class (named by ``class_names`` when
+        given), never a continuous colour bar."""
+        from plugins.progress import phase
+
         plt = _pyplot()
-        xy = embed_2d(z)
+        with phase(f"embedding map ({len(labels)} points)"):
+            xy = embed_2d(z)
         labels = np.asarray(torch.as_tensor(labels).cpu())
         fig, ax = plt.subplots(figsize=(4.5, 4.5))
-        sc = ax.scatter(
-            xy[:, 0], xy[:, 1], c=labels, cmap="tab10" if labels.max() < 10 else "tab20", s=6
-        )
+        classes = np.unique(labels)
+        if len(classes) <= 20:
+            cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+            for i, c in enumerate(classes):
+                keep = labels == c
+                name_c = class_names[int(c)] if class_names is not None else str(c)
+                ax.scatter(xy[keep, 0], xy[keep, 1], color=cmap(i), s=6, label=name_c)
+            ax.legend(fontsize=6, markerscale=2, loc="best", ncols=2 if len(classes) > 10 else 1)
+        else:
+            sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="viridis", s=6)
+            fig.colorbar(sc, ax=ax, fraction=0.046)
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(title)
-        fig.colorbar(sc, ax=ax, fraction=0.046)
         return self.save_figure(fig, name)
+
+    def plot_class_map(
+        self,
+        classes: np.ndarray,
+        names: Sequence[str],
+        name: str = "class_map.png",
+        title: str = "",
+        image: np.ndarray | None = None,
+        nodata: int | None = None,
+    ) -> Path:
+        """A per-pixel class map with a legend naming each class (and the input image beside it)."""
+        return self.save_figure(
+            class_map_figure(classes, names, title=title, image=image, nodata=nodata), name
+        )
+
+
+def class_map_figure(
+    classes: np.ndarray,
+    names: Sequence[str],
+    title: str = "",
+    image: np.ndarray | None = None,
+    nodata: int | None = None,
+) -> Any:
+    """Figure of an (H, W) class map in ``tab10``/``tab20`` colours with a legend, ``image``
+    ((H, W, 3) in [0, 1]) on its left when given; pixels equal to ``nodata`` are left white."""
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    plt = _pyplot()
+    k = len(names)
+    colours = plt.get_cmap("tab10" if k <= 10 else "tab20").colors[:k]
+    panels = 2 if image is not None else 1
+    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels + 1.6, 4.2), squeeze=False)
+    if image is not None:
+        axes[0, 0].imshow(image)
+        axes[0, 0].set_title("image")
+    ax = axes[0, -1]
+    shown = np.ma.masked_equal(classes, nodata) if nodata is not None else classes
+    ax.imshow(shown, cmap=ListedColormap(colours), vmin=-0.5, vmax=k - 0.5, interpolation="nearest")
+    ax.set_title(title)
+    for a in axes.ravel():
+        a.set_xticks([])
+        a.set_yticks([])
+    handles = [Patch(color=colours[i], label=str(n)) for i, n in enumerate(names)]
+    if nodata is not None:
+        handles.append(Patch(facecolor="white", edgecolor="grey", label="nodata"))
+    ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7)
+    return fig
+
+
+def _integer_locator() -> Any:
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
 
 
 def embed_2d(z: torch.Tensor | np.ndarray, seed: int = 0) -> np.ndarray:
@@ -244,10 +363,16 @@ class RunContext:
         device: torch device.
         seed: random seed.
         demo: a short run for ``contrastive-plugins demo`` / smoke tests.
-        options: extra ``--set key=value`` options, as strings parsed by YAML.
+        options: ``--set key=value`` options; with ``option_set`` they are checked and converted to
+            their declared types on construction.
         progress: show progress bars.
         threads: the command's ``--threads`` (``None``: each method's default policy, see
             :mod:`plugins.threads`).
+        option_set: the options this command of this method declares
+            (:class:`plugins.options.OptionSet`); ``None`` accepts any key (tests of internals).
+        resume: a training-state checkpoint to continue from (``--resume``).
+        checkpoint_every: ``(steps, seconds)`` between periodic checkpoints (``--checkpoint-every``).
+        used: every option the method read and the value it used (recorded in ``config.yaml``).
     """
 
     method: str
@@ -260,6 +385,14 @@ class RunContext:
     options: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
     threads: int | None = None
+    option_set: Any = None
+    resume: str | None = None
+    checkpoint_every: tuple[int | None, float | None] = (None, 120.0)
+    used: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.option_set is not None:
+            self.options = self.option_set.parse(self.options, method=self.method)
 
     def thread_count(self, default: int | None = None) -> int | None:
         """``--threads`` if given, else the method's ``default`` (``None``: leave torch's)."""
@@ -272,15 +405,40 @@ class RunContext:
         return cpu_threads(self.thread_count(default))
 
     def option(self, key: str, default: Any = None) -> Any:
-        return self.options.get(key, default)
+        """The value of ``--set key``: the user's, else the declared default (its ``--demo``
+        default in a demo run), else ``default``. Reading an undeclared key is a ``KeyError``."""
+        if self.option_set is not None:
+            if key not in self.option_set:
+                raise KeyError(
+                    f"{self.method} reads option '{key}', which its OptionSet does not declare"
+                )
+            if key in self.options:
+                value = self.options[key]
+            else:
+                declared = self.option_set[key].default_for(self.demo)
+                value = declared if declared is not None else default
+        else:
+            value = self.options.get(key, default)
+        self.used[key] = value
+        return value
 
     def option_list(self, key: str, default: Any = ()) -> list:
         """An option as a list: ``--set key=a,b`` arrives as the string ``"a,b"`` (split on commas,
         blanks stripped), a YAML list stays a list, a single value becomes a one-item list and an
         empty ``--set key=`` (YAML null) the empty list."""
-        value = self.options.get(key, default)
+        value = self.option(key, default)
         if value is None:
             return []
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return list(value) if isinstance(value, list | tuple) else [value]
+
+    def checkpointer(self, stages: tuple[str, ...] = ("train",)) -> Any:
+        """A :class:`plugins.checkpoint.Checkpointer` writing ``<run>/last.ckpt`` periodically and
+        resuming from ``--resume``."""
+        from plugins.checkpoint import Checkpointer
+
+        steps, seconds = self.checkpoint_every
+        return Checkpointer(
+            self.run_dir / "last.ckpt", self.method, steps, seconds, self.resume, stages
+        )

@@ -25,6 +25,7 @@ from plugins.errors import UserInputError
 from plugins.heads import ProjectionHead
 from plugins.losses import nt_xent
 from plugins.metrics import effective_rank, knn_accuracy, linear_probe, spectrum
+from plugins.options import OptionSet, config_from_options, options_from_dataclass
 from plugins.reporting import RunContext
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "evaluate_representation",
     "run",
     "reproduce",
+    "OPTIONS",
 ]
 
 
@@ -235,10 +237,8 @@ def evaluate_representation(
 
 def run(ctx: RunContext) -> dict[str, float]:
     """``contrastive-plugins run simclr``: train, evaluate against random init, write plots and metrics."""
-    cfg = SimCLRConfig(
-        arch=ctx.option("arch", "tiny"), batch_size=int(ctx.option("batch_size", 256))
-    )
     size = ctx.option("image_size", 16 if ctx.data in (None, "digits") else None)
+    cfg = config_from_options(ctx, SimCLRConfig, image_size=size)
     train_set, test_set, data_name = load_train_test(ctx.data, size=size)
     check_finite(train_set.images, f"images of {data_name}")
     cfg.epochs = ctx.epochs or (8 if ctx.demo else cfg.epochs)
@@ -301,8 +301,10 @@ def reproduce(ctx: RunContext) -> dict[str, float]:
             seed=ctx.seed,
             options=ctx.options,
             progress=ctx.progress,
+            option_set=ctx.option_set,
         )
         m = run(sub)
+        ctx.used.update(sub.used)
         rows.append(
             {
                 "data": name,
@@ -317,3 +319,30 @@ def reproduce(ctx: RunContext) -> dict[str, float]:
     ctx.run_dir.save_table(rows)
     ctx.run_dir.save_metrics(out)
     return out
+
+
+_SIMCLR_OPTIONS = options_from_dataclass(
+    SimCLRConfig,
+    exclude=("epochs",),  # --epochs
+    help={
+        "temperature": "NT-Xent temperature (paper 0.5, CIFAR-10)",
+        "projection_dim": "projector output size",
+        "batch_size": "images per step",
+        "lr": "Adam learning rate",
+        "weight_decay": "Adam weight decay",
+        "arch": "encoder: tiny (CPU ResNet) or a torchvision ResNet name",
+        "crop_scale": "random-resized-crop area range, two numbers",
+        "image_size": "resize images to this side",
+    },
+    default_docs={"image_size": "16 on digits, else the data's size"},
+    ranges={
+        "temperature": (1e-4, None),
+        "projection_dim": (1, None),
+        "batch_size": (2, None),
+        "lr": (0, None),
+        "weight_decay": (0, None),
+        "crop_scale": (0, 1),
+        "image_size": (8, None),
+    },
+)
+OPTIONS = {"run": OptionSet(_SIMCLR_OPTIONS), "reproduce": OptionSet(_SIMCLR_OPTIONS)}

@@ -9,4 +9,5 @@ SPEC = MethodSpec(
     run="plugins.methods.simclr:run",
     reproduce="plugins.methods.simclr:reproduce",
     demo_metric="knn_acc",
+    options="plugins.methods.simclr:OPTIONS",
 )

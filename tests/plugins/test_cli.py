@@ -25,7 +25,7 @@ def test_list_shows_registered_methods(capsys):
         (["run", "no-such-method"], "unknown method 'no-such-method'"),
         (["run", "simclr", "--data", "/no/such/path"], "data path /no/such/path does not exist"),
         (["run", "simclr", "--set", "novalue"], "--set expects key=value"),
-        (["run", "simclr", "--threads", "0"], "--threads must be at least 1"),
+        (["run", "simclr", "--threads", "0"], "argument --threads: must be at least 1"),
     ],
 )
 def test_bad_input_is_one_sentence(argv, message, capsys):

@@ -15,7 +15,11 @@ def test_run_dir_names_and_clash_suffix(tmp_path):
     a = RunDir(root=tmp_path, method="simclr")
     b = RunDir(root=tmp_path, method="simclr")
     assert a.path.parent == tmp_path and a.path.name.startswith("simclr-")
-    assert a.path != b.path and a.path.is_dir() and b.path.is_dir()
+    assert a.path != b.path
+    assert not a.path.exists() and not b.path.exists()  # created when the first file is written
+    a.save_metrics({"x": 1.0})
+    b.save_config({"y": 2})
+    assert a.path.is_dir() and b.path.is_dir()
     assert RunDir(path=tmp_path / "fixed").path == tmp_path / "fixed"
 
 
@@ -102,11 +106,17 @@ def test_option_list_accepts_commas_yaml_lists_and_scalars(tmp_path):
 
 
 def test_option_list_of_an_empty_set_is_empty(tmp_path):
-    from plugins.cli import _parse_options
+    from plugins.options import Option, OptionSet, parse_pairs
     from plugins.reporting import RunContext, RunDir
 
     # `--set ratios=` switches a list option off (e.g. SuperCon's 8-class-only run)
-    options = _parse_options(["ratios=", "methods= "])
-    ctx = RunContext(method="x", run_dir=RunDir(path=tmp_path / "r"), options=options)
+    options = parse_pairs(["ratios=", "methods= "])
+    declared = OptionSet(
+        Option("ratios", "any", [0.02, "natural"], many=True),
+        Option("methods", "str", ["ce"], many=True),
+    )
+    ctx = RunContext(
+        method="x", run_dir=RunDir(path=tmp_path / "r"), options=options, option_set=declared
+    )
     assert ctx.option_list("ratios", [0.02, "natural"]) == []
     assert ctx.option_list("methods", ["ce"]) == []
