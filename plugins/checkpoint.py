@@ -256,6 +256,11 @@ class Checkpointer:
 
     def step(self, step: int, **objects: Any) -> None:
         """Call after step ``step`` (1-based count of complete steps); saves when due."""
+        from plugins.reporting import active_run_dir
+
+        run_dir = active_run_dir()
+        if run_dir is not None:
+            run_dir.mark_started()
         if self.path is not None and self.due(step):
             self.save(step, **objects)
 
