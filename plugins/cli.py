@@ -92,8 +92,10 @@ def _context(spec: MethodSpec, args: argparse.Namespace, demo: bool, command: st
         resume=resume,
         checkpoint_every=every,
     )
-    if resume is not None:  # a wrong file is one sentence now, not after data loading
-        ctx.checkpointer().load_resume()
+    if resume is not None:  # a corrupt or foreign file is one sentence now, not after data loading
+        from plugins.checkpoint import load_checkpoint
+
+        load_checkpoint(resume, spec.name, what="--resume file")
     if args.threads is not None:
         import torch
 
