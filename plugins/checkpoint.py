@@ -49,14 +49,15 @@ def load_checkpoint(
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e) or "Unsupported global" in str(e):
-            found = re.search(r"GLOBAL ([\w.]+)", str(e))
-            name = f" ({found.group(1)})" if found else ""
+        found = re.search(r"(?:Unsupported global|GLOBAL) ([\w.]+)", str(e))
+        if found:
             raise UserInputError(
-                f"{what} {path} holds arbitrary Python objects{name}; refusing to unpickle it "
-                "(only tensors and plain containers are loaded)."
+                f"{what} {path} holds arbitrary Python objects ({found.group(1)}); refusing to "
+                "unpickle it (only tensors and plain containers are loaded)."
             ) from None
-        raise UserInputError(f"{what} {path} is not a readable torch checkpoint ({e}).") from None
+        raise UserInputError(
+            f"{what} {path} is truncated or corrupt and cannot be loaded (not a torch checkpoint)."
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserInputError(

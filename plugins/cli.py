@@ -124,7 +124,7 @@ def _execute(spec: MethodSpec, ctx: Any, command: str, fn: Any) -> dict[str, Any
         error = f"{type(e).__name__}: {e}"
         raise
     finally:
-        if run_dir.path.exists() and (run_dir.started or status == "completed"):
+        if run_dir.started or status == "completed":
             run_dir.save_config(
                 {
                     "command": {

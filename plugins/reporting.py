@@ -115,8 +115,6 @@ class RunDir:
 
     def finish(self, status: str, error: str | None = None) -> None:
         """Record how the run ended; a run that never started is removed instead."""
-        if not self.path.exists():
-            return
         if not self.started and status != "completed":
             import shutil
 
