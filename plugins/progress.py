@@ -10,7 +10,9 @@ elapsed time, refreshed every second, so that 40 s of evaluation never look froz
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -85,6 +87,11 @@ def phase(desc: str, show: bool = True) -> Iterator[None]:
     """Show ``desc: 12s`` while the block runs, refreshed every second."""
     if not (show and _ENABLED):
         yield
+        return
+    if not sys.stderr.isatty():  # a log file: one line at the end instead of a ticking clock
+        start = time.perf_counter()
+        yield
+        print(f"{desc}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
         return
     bar = tqdm(total=None, desc=desc, bar_format="{desc}: {elapsed}", leave=False)
     stop = threading.Event()
