@@ -65,7 +65,11 @@ def _train(total: int, ckpt: Checkpointer | None, stop_after: int | None = None)
     gen = torch.Generator().manual_seed(1)
     history: list[float] = []
     counts: dict[str, int] = collections.defaultdict(int)
-    start = ckpt.restore(total, model=model, opt=opt, sched=sched, gen=gen, history=history) if ckpt else 0
+    start = (
+        ckpt.restore(total, model=model, opt=opt, sched=sched, gen=gen, history=history)
+        if ckpt
+        else 0
+    )
     for step in range(start, total):
         x = torch.randn(16, 4, generator=gen) + float(np.random.rand())
         loss = model(x).pow(2).mean() + torch.rand(()) * 0  # global RNG through dropout

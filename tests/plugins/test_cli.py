@@ -125,7 +125,10 @@ def _bad_invocations(tmp_path, method: str) -> list[tuple[list[str], str]]:
         (["run", method, "--device", "tpu"], "device 'tpu'"),
         (["run", method, "--resume", str(tmp_path / "no.ckpt")], "does not exist"),
         (["run", method, "--resume", str(corrupt)], "truncated or corrupt"),
-        (["run", method, "--resume", str(foreign)], f"written by method 'zzz-other', not '{method}'"),
+        (
+            ["run", method, "--resume", str(foreign)],
+            f"written by method 'zzz-other', not '{method}'",
+        ),
         (["run", method, "--checkpoint-every", "soon"], "--checkpoint-every expects"),
     ]
     numeric = _numeric_option(method, "run")
@@ -187,7 +190,9 @@ def _toy_spec(monkeypatch, run):
     return spec
 
 
-def test_a_failure_after_work_started_keeps_the_folder_with_its_status(monkeypatch, tmp_path, capsys):
+def test_a_failure_after_work_started_keeps_the_folder_with_its_status(
+    monkeypatch, tmp_path, capsys
+):
     from plugins.errors import UserInputError
     from plugins.progress import progress_bar
 
