@@ -12,4 +12,5 @@ SPEC = MethodSpec(
     run="agri_ext.run:run",
     reproduce="agri_ext.run:reproduce",
     demo_metric="gmm_nmi",
+    options="agri_ext.run:OPTIONS",
 )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
-from tqdm.auto import tqdm
 
 from agri_ext.augment import ClawsViews
 from agri_ext.config import CLAWSConfig
@@ -15,8 +16,12 @@ from agri_ext.sampling import class_homogeneous_batches, random_batches
 from plugins.data import ImageTensorDataset
 from plugins.methods.simclr import embed
 from plugins.metrics import cluster_scores
+from plugins.progress import progress_bar
 
-__all__ = ["train_claws", "embed_branch", "evaluate_clustering", "resize"]
+if TYPE_CHECKING:
+    from plugins.checkpoint import Checkpointer
+
+__all__ = ["train_claws", "embed_branch", "evaluate_clustering", "resize", "steps_per_epoch"]
 
 
 def _device(device: torch.device | str | None) -> torch.device:
@@ -34,6 +39,17 @@ def resize(images: torch.Tensor, size: int | None) -> torch.Tensor:
     )
 
 
+def steps_per_epoch(labels: torch.Tensor, batch_size: int, homogeneous: bool) -> int:
+    """Optimisation steps of one epoch: the number of batches :func:`random_batches` or
+    :func:`class_homogeneous_batches` give (it does not depend on the shuffle)."""
+    if homogeneous:
+        counts = torch.bincount(labels.reshape(-1).cpu())
+        return int(sum(-(-int(c) // batch_size) for c in counts if c > 0))
+    n = int(labels.numel())
+    steps = n // batch_size + int(n % batch_size > 1)
+    return max(steps, 1)
+
+
 def train_claws(
     dataset: ImageTensorDataset,
     config: CLAWSConfig | None = None,
@@ -42,6 +58,7 @@ def train_claws(
     device: torch.device | str | None = None,
     seed: int = 0,
     progress: bool = True,
+    checkpointer: Checkpointer | None = None,
 ) -> tuple[CLAWS, list[float], dict[str, float]]:
     """Train CLAWS (or a baseline set by ``config``) on ``dataset`` with its labels as weak labels.
 
@@ -51,6 +68,10 @@ def train_claws(
         masks: stored hard masks (N, 1, H, W) in {0, 1}; else computed with ``mask_fn`` (default:
             ExG-Otsu for RGB, intensity Otsu otherwise) once, in batches on ``device``.
         device: default CUDA when available.
+        progress: show a bar that moves per optimisation step.
+        checkpointer: saves model, optimiser, batch generator and losses after each epoch when due
+            and resumes from ``--resume`` (:class:`plugins.checkpoint.Checkpointer`; one step = one
+            epoch); the global RNG (augmentations) is saved with them.
 
     Returns:
         The model, per-step losses, and ``{"mask_fallbacks": images whose mask is the whole image}``.
@@ -80,13 +101,19 @@ def train_claws(
     homogeneous = cfg.contrast == "within" and cfg.within_class == "batch"
     losses: list[float] = []
     model.train()
-    bar = tqdm(
-        range(cfg.epochs),
-        desc=f"claws[{cfg.contrast},{cfg.mask}]",
-        disable=not progress,
-        leave=False,
+    start = (
+        checkpointer.restore(cfg.epochs, model=model, opt=opt, gen=g, losses=losses)
+        if checkpointer
+        else 0
     )
-    for _ in bar:
+    per_epoch = steps_per_epoch(labels, cfg.batch_size, homogeneous)
+    bar = progress_bar(
+        total=cfg.epochs * per_epoch,
+        initial=start * per_epoch,
+        desc=f"claws[{cfg.contrast},{cfg.mask}]",
+        show=progress,
+    )
+    for epoch in range(start, cfg.epochs):
         if homogeneous:
             batches = class_homogeneous_batches(labels, cfg.batch_size, g)
         else:
@@ -100,7 +127,11 @@ def train_claws(
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            bar.update()
+            bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.3f}", refresh=False)
+        if checkpointer:
+            checkpointer.step(epoch + 1, model=model, opt=opt, gen=g, losses=losses)
+    bar.close()
     return model, losses, info
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from plugins.errors import UserInputError
 
-__all__ = ["ARIELConfig", "PRESETS", "config_for"]
+__all__ = ["ARIELConfig", "PRESETS", "config_for", "NAMED_GRAPHS", "PYG_GRAPHS"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,8 @@ class ARIELConfig:
             )
         if self.temperature <= 0:
             raise UserInputError(f"temperature must be positive, got {self.temperature}.")
+        if self.epochs < 1:
+            raise UserInputError(f"epochs must be at least 1, got {self.epochs}.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,3 +129,19 @@ def config_for(dataset: str | None, **overrides: Any) -> ARIELConfig:
     preset = dict(PRESETS.get((dataset or "").lower(), {}))
     preset.update(overrides)
     return ARIELConfig(**preset)
+
+
+# Named graphs ``load_graph`` knows (kept here, import-light, so that ``--help`` can list them).
+# PyG data sets: key -> (torch_geometric.datasets class, PyG name); their raw files live in
+# ``<root>/<PyG name>/raw``. Planetoid ones are ARIEL's Table 2; Amazon/Coauthor its Table 3.
+PYG_GRAPHS: dict[str, tuple[str, str]] = {
+    "cora": ("Planetoid", "Cora"),
+    "citeseer": ("Planetoid", "CiteSeer"),
+    "pubmed": ("Planetoid", "PubMed"),
+    "amazon-computers": ("Amazon", "Computers"),
+    "amazon-photo": ("Amazon", "Photo"),
+    "coauthor-cs": ("Coauthor", "CS"),
+    "coauthor-physics": ("Coauthor", "Physics"),
+}
+# Every name: the embedded default, PyG's built-in KarateClub (no download), the PyG data sets.
+NAMED_GRAPHS: tuple[str, ...] = ("art_philo_science", "karate", *PYG_GRAPHS)

@@ -6,29 +6,35 @@ Everything becomes a ``torch_geometric.data.Data`` with ``x`` (N, F) float32, an
 
 from __future__ import annotations
 
+import os
+import pickle
+import re
 import shutil
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch_geometric.data import Data
 
-from plugins.data import check_finite, shared_path
+from graph_ext.config import NAMED_GRAPHS, PYG_GRAPHS
+from plugins.data import check_finite, shared_data_dir
+from plugins.data.loaders import ENV_VAR
 from plugins.errors import UserInputError
 
-__all__ = ["load_graph", "prepare_graph", "art_philo_science", "PYG_DATASETS"]
+__all__ = ["load_graph", "prepare_graph", "art_philo_science", "PYG_DATASETS", "pyg_cache_dir"]
 
-_PLANETOID = {"cora": "Cora", "citeseer": "CiteSeer", "pubmed": "PubMed"}
-# Other PyG node data sets ARIEL's paper uses (downloaded by PyG on a user's machine).
-PYG_DATASETS = {
-    "amazon-computers": ("Amazon", "Computers"),
-    "amazon-photo": ("Amazon", "Photo"),
-    "coauthor-cs": ("Coauthor", "CS"),
-    "coauthor-physics": ("Coauthor", "Physics"),
-}
-_CACHE = Path.home() / ".cache" / "contrastive-plugins" / "pyg"
+# The PyG data sets of ARIEL's Table 3 (beside the Planetoid ones of Table 2).
+PYG_DATASETS = {k: v for k, v in PYG_GRAPHS.items() if v[0] != "Planetoid"}
+
+
+def pyg_cache_dir() -> Path:
+    """Where ``--set download=true`` lets PyG put what it fetches:
+    ``$XDG_CACHE_HOME/contrastive-plugins/pyg`` (``~/.cache/...`` by default)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "contrastive-plugins" / "pyg"
 
 
 def art_philo_science() -> Data:
@@ -43,27 +49,160 @@ def art_philo_science() -> Data:
     return Data(x=x, edge_index=edge_index, y=torch.tensor(g["labels"], dtype=torch.long))
 
 
-def _planetoid(name: str, raw_root: Path | None) -> Data:
-    """Planetoid via PyG's own class; shared/user raw files are processed in a temporary copy."""
-    from torch_geometric.datasets import Planetoid
+class _RawMissing(Exception):
+    """Raised by an offline data set instead of downloading."""
 
-    pyg_name = _PLANETOID[name]
-    if raw_root is None:
-        return Planetoid(str(_CACHE / "planetoid"), pyg_name)[0]  # PyG downloads it
+    def __init__(self, files: list[str]):
+        super().__init__(", ".join(files))
+        self.files = files
+
+
+def _pyg_class(key: str, offline: bool) -> Any:
+    """The torch_geometric.datasets class of ``key``; ``offline``: a subclass whose ``download``
+    raises :class:`_RawMissing` (naming the missing raw files) instead of touching the network."""
+    import torch_geometric.datasets as pyg_datasets
+
+    cls = getattr(pyg_datasets, PYG_GRAPHS[key][0])
+    if not offline:
+        return cls
+
+    class Offline(cls):  # type: ignore[misc, valid-type]
+        def download(self) -> None:
+            raise _RawMissing([Path(p).name for p in self.raw_paths if not Path(p).exists()])
+
+    Offline.__name__ = Offline.__qualname__ = cls.__name__
+    return Offline
+
+
+def _raw_file_names(key: str) -> list[str]:
+    """The raw files PyG expects for ``key`` (probed in an empty temporary root, offline)."""
     with tempfile.TemporaryDirectory() as tmp:
-        shutil.copytree(raw_root / pyg_name / "raw", Path(tmp) / pyg_name / "raw")
-        return Planetoid(tmp, pyg_name)[0]
+        try:
+            _pyg_class(key, offline=True)(tmp, PYG_GRAPHS[key][1])
+        except _RawMissing as e:
+            return e.files
+    return []
 
 
-def load_graph(source: str | Path | Data | None = None) -> tuple[Data, str]:
-    """Load a graph and name it.
+def _from_raw(key: str, raw_dir: Path) -> Data:
+    """PyG data set ``key`` processed from the raw files in ``raw_dir`` (copied to a temporary root
+    first, so the shared or user folder is never written to); never downloads."""
+    pyg_name = PYG_GRAPHS[key][1]
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copytree(raw_dir, Path(tmp) / pyg_name / "raw")
+        try:
+            return _pyg_class(key, offline=True)(tmp, pyg_name)[0]
+        except _RawMissing as e:
+            raise UserInputError(
+                f"{raw_dir} lacks raw file(s) {', '.join(e.files)} of data set '{key}' "
+                f"(PyG {PYG_GRAPHS[key][0]} {pyg_name})."
+            ) from None
+
+
+def _named_pyg(key: str, download: bool, data_flag: bool = True) -> Data:
+    """A named PyG data set: the shared copy, else the download cache, else a download when the
+    user consented (``download``); otherwise one sentence saying where to put it (``data_flag``:
+    the command also takes ``--data FOLDER``)."""
+    family, pyg_name = PYG_GRAPHS[key]
+    shared = shared_data_dir(required=False)
+    shared_raw = None if shared is None else shared / family.lower() / pyg_name / "raw"
+    if shared_raw is not None and shared_raw.is_dir():
+        return _from_raw(key, shared_raw)
+    cache = pyg_cache_dir() / family.lower()
+    if download:
+        return _pyg_class(key, offline=False)(str(cache), pyg_name)[0]  # the user's consent
+    if (cache / pyg_name / "raw").is_dir():
+        try:
+            return _pyg_class(key, offline=True)(str(cache), pyg_name)[0]
+        except _RawMissing:
+            pass  # an incomplete earlier download: say what to do below
+    where = (
+        f"{shared_raw} (in the shared data folder; set {ENV_VAR} to use another)"
+        if shared_raw is not None
+        else f"${ENV_VAR}/{family.lower()}/{pyg_name}/raw (set {ENV_VAR} to the shared data folder)"
+    )
+    folder = f"pass --data FOLDER holding {pyg_name}/raw, " if data_flag else ""
+    raise UserInputError(
+        f"data set '{key}' (PyG {family} {pyg_name}) is not on this machine and is not downloaded "
+        f"without consent: put its raw files ({', '.join(_raw_file_names(key))}) in {where}, "
+        f"{folder}or add --set download=true to let PyG fetch it."
+    )
+
+
+def _safe_globals() -> list[Any]:
+    """The classes a ``torch.save``-d PyG ``Data`` pickles besides tensors (PyG 2.x)."""
+    from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
+    from torch_geometric.data.storage import GlobalStorage
+
+    return [DataEdgeAttr, DataTensorAttr, GlobalStorage]
+
+
+def _load_pt(path: Path) -> Data:
+    """A user's ``.pt`` graph, loaded with ``weights_only=True`` (only tensors, plain containers and
+    PyG's ``Data`` storage classes are unpickled), checked to one-sentence errors."""
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        name = f" ({found.group(1)})" if found else ""
+        raise UserInputError(
+            f"graph file {path} holds arbitrary Python objects{name}; refusing to unpickle it "
+            "(save a torch_geometric Data or a dict of tensors x, edge_index, y)."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserInputError(
+            f"graph file {path} is truncated or corrupt and cannot be loaded ({first[:120]})."
+        ) from None
+    if isinstance(obj, dict):
+        if "edge_index" not in obj:
+            raise UserInputError(
+                f"graph file {path} holds a dict without 'edge_index'; expected keys x, edge_index, y."
+            )
+        obj = Data(**{k: v for k, v in obj.items() if k in ("x", "edge_index", "y")})
+    if not isinstance(obj, Data):
+        raise UserInputError(
+            f"graph file {path} holds a {type(obj).__name__}; expected a torch_geometric Data or a dict."
+        )
+    for key in ("x", "edge_index", "y"):
+        value = getattr(obj, key, None)
+        if value is not None and not isinstance(value, torch.Tensor):
+            raise UserInputError(
+                f"graph file {path}: {key} is a {type(value).__name__}, expected a tensor."
+            )
+    if obj.x is not None and obj.x.is_floating_point():
+        check_finite(obj.x, f"graph file {path}: node features x")
+    return obj
+
+
+def _raw_folder(path: Path) -> tuple[str, Path] | None:
+    """``(key, raw dir)`` of a folder holding ``<Name>/raw`` (or being ``<Name>``) of a PyG data set."""
+    for key, (_, pyg_name) in PYG_GRAPHS.items():
+        for root in (path, path.parent):
+            raw = root / pyg_name / "raw"
+            if raw.is_dir() and (root == path or path.name == pyg_name):
+                return key, raw
+    return None
+
+
+def load_graph(
+    source: str | Path | Data | None = None, download: bool = False, what: str = "--data"
+) -> tuple[Data, str]:
+    """Load a graph and name it. Nothing is downloaded unless ``download`` is true.
 
     Args:
-        source: ``None`` / ``"art_philo_science"`` (embedded default), ``"karate"`` (PyG KarateClub),
-            ``"cora"`` / ``"citeseer"`` / ``"pubmed"`` (Planetoid: the shared copy when present, else
-            PyG downloads it), a key of :data:`PYG_DATASETS`, a folder holding ``<Name>/raw/`` in
-            PyG's Planetoid layout, a ``.pt`` file with a ``Data`` or a dict with ``x``,
+        source: ``None`` / ``"art_philo_science"`` (embedded default), ``"karate"`` (PyG KarateClub,
+            shipped with PyG), a key of :data:`graph_ext.config.PYG_GRAPHS` (``cora``, ``citeseer``,
+            ``pubmed``, ``amazon-computers`` ...: the shared copy ``<shared>/<planetoid|amazon|
+            coauthor>/<Name>/raw`` when present, else the download cache), a folder holding
+            ``<Name>/raw/`` in PyG's layout, a ``.pt`` file with a ``Data`` or a dict with ``x``,
             ``edge_index`` and optional ``y``, or a ``Data`` object.
+        download: let PyG download a named data set found neither in the shared folder nor in the
+            cache (:func:`pyg_cache_dir`); without it, a missing data set is one sentence saying
+            where to put it.
+        what: how messages name ``source`` (``--data``, ``--set dataset``; ``--set datasets``, for
+            a command without ``--data``).
 
     Returns:
         ``(data, name)``; ``data`` is not yet checked (see :func:`prepare_graph`).
@@ -77,38 +216,20 @@ def load_graph(source: str | Path | Data | None = None) -> tuple[Data, str]:
         from torch_geometric.datasets import KarateClub
 
         return KarateClub()[0], "karate"
-    if key in _PLANETOID:
-        shared = shared_path("planetoid", required=False)
-        has_raw = shared is not None and (shared / _PLANETOID[key] / "raw").is_dir()
-        return _planetoid(key, shared if has_raw else None), key
-    if key in PYG_DATASETS:
-        import torch_geometric.datasets as pyg_datasets
-
-        cls, name = PYG_DATASETS[key]
-        return getattr(pyg_datasets, cls)(str(_CACHE / cls.lower()), name)[0], key
+    if key in PYG_GRAPHS:
+        return _named_pyg(key, download, data_flag=what != "--set datasets"), key
     path = Path(source)
-    if path.is_file() and path.suffix == ".pt":
-        obj = torch.load(path, weights_only=False)
-        if isinstance(obj, dict):
-            if "edge_index" not in obj:
-                raise UserInputError(
-                    f"{path} holds a dict without 'edge_index'; expected keys x, edge_index, y."
-                )
-            obj = Data(**{k: v for k, v in obj.items() if k in ("x", "edge_index", "y")})
-        if not isinstance(obj, Data):
-            raise UserInputError(
-                f"{path} holds a {type(obj).__name__}; expected a torch_geometric Data or a dict."
-            )
-        return obj, path.stem
+    if path.suffix == ".pt":
+        if not path.is_file():
+            raise UserInputError(f"{what} {path}: graph file does not exist.")
+        return _load_pt(path), path.stem
     if path.is_dir():
-        for name in _PLANETOID.values():
-            for root in (path, path.parent):
-                if (root / name / "raw").is_dir() and (root == path or path.name == name):
-                    return _planetoid(name.lower(), root), name.lower()
-    choices = ", ".join(["art_philo_science", "karate", *_PLANETOID, *PYG_DATASETS])
+        found = _raw_folder(path)
+        if found is not None:
+            return _from_raw(*found), found[0]
     raise UserInputError(
-        f"--data {source!s} is neither a known graph ({choices}), a .pt file, nor a folder with "
-        "<Cora|CiteSeer|PubMed>/raw in PyG's Planetoid layout."
+        f"{what} {source!s} is neither a known graph ({', '.join(NAMED_GRAPHS)}), a .pt file, nor a "
+        "folder holding <Name>/raw of one of them in PyG's layout."
     )
 
 

@@ -30,6 +30,7 @@ def evaluate_node_embeddings(
     folds: int = 5,
     c_grid: tuple[float, ...] = C_GRID,
     classifier: str = "multinomial",
+    progress: bool = False,
 ) -> dict[str, float | list[float]]:
     """Mean and standard deviation of test accuracy over random splits.
 
@@ -44,6 +45,7 @@ def evaluate_node_embeddings(
         c_grid: candidate C values.
         classifier: ``"multinomial"`` (default, fast) or ``"ovr"`` (the reference's one-vs-rest
             liblinear grid search).
+        progress: show a bar that moves once per split.
 
     Returns:
         ``{"acc_mean", "acc_std", "accs"}`` with accuracies in percent (std is the population std,
@@ -53,6 +55,8 @@ def evaluate_node_embeddings(
     from sklearn.model_selection import GridSearchCV, train_test_split
     from sklearn.multiclass import OneVsRestClassifier
 
+    from plugins.progress import progress_bar
+
     x = torch.nn.functional.normalize(z.detach().float().cpu(), dim=1).numpy().astype(np.float64)
     labels = y.detach().cpu().numpy()
     if classifier not in ("multinomial", "ovr"):
@@ -60,7 +64,7 @@ def evaluate_node_embeddings(
     if x.shape[0] != labels.shape[0]:
         raise ValueError(f"z has {x.shape[0]} rows but y has {labels.shape[0]} labels")
     accs = []
-    for k in range(splits):
+    for k in progress_bar(range(splits), desc="node classification", show=progress, unit="split"):
         xtr, xte, ytr, yte = train_test_split(
             x, labels, train_size=train_ratio, random_state=seed + k
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
 import torch
@@ -14,6 +14,8 @@ from graph_ext.data import load_graph, prepare_graph
 from graph_ext.evaluate import evaluate_node_embeddings
 from graph_ext.model import ARIEL
 from graph_ext.train import TrainResult, embed_graph, train
+from plugins.checkpoint import Checkpointer
+from plugins.errors import UserInputError
 from plugins.metrics import effective_rank, spectrum
 from plugins.reporting import RunContext, RunDir
 
@@ -25,15 +27,34 @@ REPORTED = {"cora": (84.61, 0.92), "citeseer": (72.55, 0.80)}
 # authors' 300 (Cora) and 200 (CiteSeer). The default uses the authors' counts.
 REPRO_EPOCHS = {"cora": 100, "citeseer": 50}
 DEMO_EPOCHS = 40
-RUN_OPTIONS = ("dataset", "datasets", "variants", "splits", "train_ratio", "full_epochs")
 
 
-def _config(method: str, dataset: str, options: dict[str, Any], epochs: int | None) -> ARIELConfig:
-    cfg = config_for(dataset).with_options(options, RUN_OPTIONS)
-    if method == "grace":
-        cfg = replace(
-            cfg, eps=0.0, lam=0.0
-        )  # GRACE = ARIEL without adversarial view and regulariser
+def _declare(ctx: RunContext, command: str) -> None:
+    """Give a context built without an option set (a Python caller's) the method's declared set,
+    so its ``options`` are checked and its defaults are the declared ones."""
+    if ctx.option_set is None:
+        from graph_ext.options import GRACE_OPTIONS, OPTIONS
+
+        sets = GRACE_OPTIONS if ctx.method == "grace" else OPTIONS
+        ctx.option_set = sets[command]
+        ctx.options = ctx.option_set.parse(ctx.options, command, ctx.method)
+
+
+def _config(
+    ctx: RunContext, method: str, dataset: str, epochs: int | None, **fixed: Any
+) -> ARIELConfig:
+    """The authors' configuration for ``dataset`` (:func:`config_for`), then every declared field
+    option: the user's ``--set`` value, else its declared default, else the data set's preset."""
+    if method == "grace":  # GRACE = ARIEL without adversarial view and regulariser
+        fixed.update(eps=0.0, lam=0.0)
+    preset = config_for(dataset)
+    values = {}
+    for f in fields(ARIELConfig):
+        if f.name == "epochs" or f.name in fixed or f.name not in ctx.option_set:
+            continue
+        value = ctx.option(f.name, getattr(preset, f.name))
+        values[f.name] = tuple(value) if isinstance(value, list) else value
+    cfg = replace(preset, **values, **fixed)
     return replace(cfg, epochs=epochs) if epochs else cfg
 
 
@@ -44,22 +65,23 @@ def _train_and_evaluate(
     cfg: ARIELConfig,
     ctx: RunContext,
     run_dir: RunDir,
-    splits: int,
-    train_ratio: float | None = None,
+    checkpointer: Checkpointer | None,
     embedding_map: bool = True,
 ) -> dict[str, float]:
     data = prepare_graph(raw, cfg.normalize_features)
     n = data.x.shape[0]
+    splits = ctx.option("splits")
+    ratio = ctx.option("train_ratio", 0.1 if n >= 200 else 0.5)
+    if data.y is not None and not 1 <= int(ratio * n) < n:
+        raise UserInputError(
+            f"--set train_ratio={ratio} leaves {int(ratio * n)} training and {n - int(ratio * n)} "
+            f"test nodes of the {n}-node graph {name}; choose a ratio that keeps at least one of each."
+        )
     if cfg.sample_size is not None and cfg.sample_size > n:
         warnings.warn(
             f"the graph has {n} nodes, fewer than sample_size={cfg.sample_size}; every epoch trains on the whole graph.",
             stacklevel=2,
         )
-    ratio = (
-        train_ratio
-        if train_ratio is not None
-        else float(ctx.option("train_ratio", 0.1 if n >= 200 else 0.5))
-    )
     run_dir.save_config(
         {
             "method": method,
@@ -67,7 +89,7 @@ def _train_and_evaluate(
             "nodes": n,
             "features": int(data.x.shape[1]),
             "undirected_edges": int(data.edge_index.shape[1] // 2),
-            **cfg.to_dict(),
+            **cfg.to_dict(),  # includes the effective epochs
             "eval_splits": splits,
             "eval_train_ratio": ratio,
             "seed": ctx.seed,
@@ -77,7 +99,7 @@ def _train_and_evaluate(
     torch.manual_seed(ctx.seed)
     untrained = ARIEL(data.x.shape[1], cfg).to(ctx.device)
     result: TrainResult = train(
-        data, cfg, ctx.device, ctx.seed, ctx.progress, desc=f"{method}:{name}"
+        data, cfg, ctx.device, ctx.seed, ctx.progress, f"{method}:{name}", checkpointer
     )
     data = data.to(ctx.device)
     z = embed_graph(result.model, data).cpu()
@@ -89,7 +111,7 @@ def _train_and_evaluate(
     }
     if data.y is not None:
         scores = evaluate_node_embeddings(
-            z, data.y, splits=splits, train_ratio=ratio, seed=ctx.seed
+            z, data.y, splits=splits, train_ratio=ratio, seed=ctx.seed, progress=ctx.progress
         )
         metrics.update(acc_mean=scores["acc_mean"], acc_std=scores["acc_std"])
     run_dir.save_checkpoint(
@@ -140,19 +162,37 @@ def _plots(
         run_dir.save_figure(fig, "attack_flips.png")
 
 
+def _load(ctx: RunContext, source: Any, what: str) -> tuple[Any, str]:
+    return load_graph(source, download=ctx.option("download"), what=what)
+
+
 def _run(ctx: RunContext, method: str) -> dict[str, float]:
-    raw, name = load_graph(ctx.data or ctx.option("dataset"))
+    _declare(ctx, "run")
+    if ctx.data is not None and "dataset" in ctx.options:
+        raise UserInputError(
+            f"--data {ctx.data} and --set dataset={ctx.options['dataset']} both name the graph; "
+            "give one."
+        )
+    if ctx.data is not None:
+        raw, name = _load(ctx, ctx.data, "--data")
+    else:
+        raw, name = _load(ctx, ctx.option("dataset"), "--set dataset")
     epochs = ctx.epochs or (DEMO_EPOCHS if ctx.demo else None)
-    cfg = _config(method, name, ctx.options, epochs)
-    splits = int(ctx.option("splits", 5 if ctx.demo else 20))
+    cfg = _config(ctx, method, name, epochs)
     # graphs under 1,000 nodes: ops too small to split; thread hand-offs made the 30-node demo
     # several times slower on a shared CPU
     with ctx.cpu_threads(1 if raw.num_nodes < 1000 else None):
-        return _train_and_evaluate(method, raw, name, cfg, ctx, ctx.run_dir, splits)
+        return _train_and_evaluate(
+            method, raw, name, cfg, ctx, ctx.run_dir, ctx.checkpointer(stages=("train",))
+        )
 
 
 def run_ariel(ctx: RunContext) -> dict[str, float]:
-    """Train ARIEL on ``ctx.data`` (default: art_philo_science) and evaluate node classification."""
+    """Train ARIEL on ``ctx.data`` (default: art_philo_science) and evaluate node classification.
+
+    ``--set`` keys: :data:`graph_ext.options.OPTIONS` (``run ariel --help`` lists them).
+    Checkpoints ``last.ckpt`` periodically; ``--resume`` continues from one.
+    """
     return _run(ctx, "ariel")
 
 
@@ -164,37 +204,39 @@ def run_grace(ctx: RunContext) -> dict[str, float]:
 def reproduce(ctx: RunContext) -> dict[str, float]:
     """ARIEL vs GRACE on Cora and CiteSeer, raw and row-normalised features, beside Table 2.
 
-    Options: ``datasets`` (comma list, default ``cora,citeseer``), ``full_epochs`` (default true:
-    the authors' 300/200 epochs; false: :data:`REPRO_EPOCHS`), ``splits`` (20), ``variants``
-    (comma list from ``ariel, grace, ariel-norm, grace-norm``; default ``ariel,grace``: raw
-    features, as the published numbers were made; the ``-norm`` rows row-normalise the features
-    and cost as much again, so they are a second run).
+    Options (``reproduce ariel --help``): ``datasets`` (default ``cora,citeseer``), ``full_epochs``
+    (default true: the authors' 300/200 epochs; false: :data:`REPRO_EPOCHS`), ``splits`` (20),
+    ``train_ratio`` (0.1, the paper's), ``variants`` (from ``ariel, grace, ariel-norm, grace-norm``;
+    default ``ariel,grace``: raw features, as the published numbers were made; the ``-norm`` rows
+    row-normalise the features and cost as much again, so they are a second run), and the
+    hyperparameters (each data set's preset unless given).
     """
-    datasets = [str(d).lower() for d in ctx.option_list("datasets", "cora,citeseer")]
-    variants = [str(v) for v in ctx.option_list("variants", "ariel,grace")]
-    splits = int(ctx.option("splits", 20))
-    full = bool(ctx.option("full_epochs", True))
+    _declare(ctx, "reproduce")
+    if ctx.data is not None:
+        raise UserInputError(
+            f"reproduce {ctx.method} takes no --data ({ctx.data}): it reads the graphs named by "
+            "--set datasets from the shared data folder ($CONTRASTIVE_PLUGINS_DATA)."
+        )
+    datasets = [str(d).lower() for d in ctx.option_list("datasets")]
+    variants = [str(v) for v in ctx.option_list("variants")]
+    full = ctx.option("full_epochs")
+    graphs = [_load(ctx, d, "--set datasets") for d in datasets]  # all missing data before work
     rows: list[dict[str, Any]] = []
     out: dict[str, float] = {}
+    epochs_of: dict[str, int] = {}  # effective epochs of each row, for config.yaml
     start = time.perf_counter()
-    for dataset in datasets:
-        raw, name = load_graph(dataset)
+    for raw, name in graphs:
         epochs = ctx.epochs or (None if full else REPRO_EPOCHS.get(name))
         for variant in variants:
             method, _, norm = variant.partition("-")
-            opts = {**ctx.options, "normalize_features": norm == "norm"}
-            cfg = _config(method, name, opts, epochs)
+            cfg = _config(ctx, method, name, epochs, normalize_features=norm == "norm")
+            epochs_of[f"{name}-{variant}"] = cfg.epochs
+            ctx.run_dir.save_config({"epochs": dict(epochs_of)})
             sub = RunDir(path=ctx.run_dir.path / f"{name}-{variant}")
+            every_steps, every_seconds = ctx.checkpoint_every
+            checkpointer = Checkpointer(sub / "last.ckpt", ctx.method, every_steps, every_seconds)
             m = _train_and_evaluate(
-                method,
-                raw,
-                name,
-                cfg,
-                ctx,
-                sub,
-                splits,
-                train_ratio=0.1,
-                embedding_map=variant == "ariel",
+                method, raw, name, cfg, ctx, sub, checkpointer, embedding_map=variant == "ariel"
             )
             paper = REPORTED.get(name) if variant == "ariel" else None
             rows.append(

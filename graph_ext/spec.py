@@ -11,6 +11,7 @@ ARIEL = MethodSpec(
     run="graph_ext.run:run_ariel",
     reproduce="graph_ext.run:reproduce",
     demo_metric="acc_mean",
+    options="graph_ext.options:OPTIONS",
 )
 
 GRACE = MethodSpec(
@@ -22,4 +23,5 @@ GRACE = MethodSpec(
     run="graph_ext.run:run_grace",
     reproduce="graph_ext.run:reproduce",
     demo_metric="acc_mean",
+    options="graph_ext.options:GRACE_OPTIONS",
 )

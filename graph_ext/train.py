@@ -13,17 +13,18 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch_geometric.data import Data
 from torch_geometric.utils import dropout_edge, subgraph
-from tqdm.auto import tqdm
 
 from graph_ext.adjacency import dense_adjacency, normalized_adjacency
 from graph_ext.attack import pgd_adversarial_view
 from graph_ext.config import ARIELConfig
 from graph_ext.loss import info_regularizer
 from graph_ext.model import ARIEL
+from plugins.progress import progress_bar
 
 __all__ = [
     "mask_feature_columns",
@@ -43,7 +44,9 @@ def sample_subgraph(
     """Induced subgraph on ``size`` nodes drawn uniformly from all nodes.
 
     Unlike the reference sampler, isolated nodes can be drawn (the reference walks edges and so
-    never picks them). ``size`` >= N (or ``None``) takes the whole graph.
+    never picks them). ``size`` >= N (or ``None``) takes the whole graph. The draw uses the global
+    torch RNG of ``data``'s device, which :class:`plugins.checkpoint.Checkpointer` saves, so a
+    resumed run samples the same subgraphs.
 
     Returns:
         ``(nodes (n,), edge_index (2, E_sub) relabelled to 0..n-1, x (n, F))``.
@@ -206,24 +209,41 @@ def train(
     seed: int = 0,
     progress: bool = False,
     desc: str = "ariel",
+    checkpointer: Any = None,
 ) -> TrainResult:
-    """Train ARIEL (or GRACE) on a prepared graph (:func:`graph_ext.data.prepare_graph`)."""
+    """Train ARIEL (or GRACE) on a prepared graph (:func:`graph_ext.data.prepare_graph`).
+
+    One step is one epoch (one sampled subgraph). All randomness (subgraph, edge dropping, feature
+    masking) comes from the global torch RNG, so a :class:`plugins.checkpoint.Checkpointer` (e.g.
+    ``ctx.checkpointer()``) that saves the model, the optimiser and the history every few epochs
+    lets ``--resume`` reach the same final parameters as an uninterrupted run.
+    """
     torch.manual_seed(seed)
     data = data.to(device)
     model = ARIEL(data.x.shape[1], config).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     result = TrainResult(model)
+    clock = {"seconds": 0.0}  # training time of earlier, interrupted sessions
+    state = {"model": model, "opt": opt, "history": result.history, "clock": clock}
+    first = checkpointer.restore(config.epochs, **state) if checkpointer is not None else 0
+    before = clock["seconds"]
     start = time.perf_counter()
-    bar = tqdm(range(config.epochs), desc=desc, disable=not progress, leave=False)
     features = sparse_features(data.x)  # CSR copy of bag-of-words features, else None
-    for _ in bar:
-        nodes, edge_index, x = sample_subgraph(data, config.sample_size)
-        x_sparse = None if features is None else select_rows(features, nodes)
-        loss, parts = training_loss(model, edge_index, x, x_sparse)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        result.history.append(parts)
-        bar.set_postfix(loss=f"{parts['loss']:.3f}")
-    result.seconds = time.perf_counter() - start
+    with progress_bar(
+        total=config.epochs, initial=first, desc=desc, show=progress, unit="epoch"
+    ) as bar:
+        for epoch in range(first, config.epochs):
+            nodes, edge_index, x = sample_subgraph(data, config.sample_size)
+            x_sparse = None if features is None else select_rows(features, nodes)
+            loss, parts = training_loss(model, edge_index, x, x_sparse)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            result.history.append(parts)
+            bar.update()
+            bar.set_postfix(epoch=epoch + 1, loss=f"{parts['loss']:.3f}", refresh=False)
+            if checkpointer is not None:
+                clock["seconds"] = before + time.perf_counter() - start
+                checkpointer.step(epoch + 1, **state)
+    result.seconds = before + time.perf_counter() - start
     return result

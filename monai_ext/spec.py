@@ -9,6 +9,7 @@ MR_MULTIDOMAIN = MethodSpec(
     run="monai_ext.multidomain.run:run",
     reproduce="monai_ext.multidomain.run:reproduce",
     demo_metric="dice_mean",
+    options="monai_ext.multidomain.run:OPTIONS",
 )
 
 SUPERCON = MethodSpec(
@@ -20,4 +21,5 @@ SUPERCON = MethodSpec(
     run="monai_ext.supercon.run:run",
     reproduce="monai_ext.supercon.run:reproduce",
     demo_metric="minority_f1_at_threshold",
+    options="monai_ext.supercon.run:OPTIONS",
 )

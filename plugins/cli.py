@@ -89,6 +89,7 @@ def _context(spec: MethodSpec, args: argparse.Namespace, demo: bool, command: st
         progress=not args.no_progress,
         threads=args.threads,
         option_set=spec.option_set(command),
+        command=command,
         resume=resume,
         checkpoint_every=every,
     )

@@ -105,10 +105,13 @@ class Option:
             raise ValueError(f"option {self.name}: kind must be one of {_KINDS}, got {self.kind!r}")
 
     def describe_type(self) -> str:
-        kind = {"int": "integer", "float": "number", "bool": "true/false", "str": "text"}.get(
-            self.kind, "value"
+        one = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}
+        many = {"int": "integers", "float": "numbers", "bool": "true/false values", "str": "texts"}
+        text = (
+            f"a list of {many.get(self.kind, 'values')}"
+            if self.many
+            else one.get(self.kind, "a value")
         )
-        text = f"list of {kind}" if self.many else kind
         return text + " or none" if self.nullable else text
 
     def _check_item(self, item: Any) -> Any:

@@ -42,16 +42,19 @@ def _mark_started() -> None:
 
 
 class _Bar(tqdm):
-    """tqdm that marks the active run as started at its first step."""
+    """tqdm that marks the active run as started at its first step (unless told otherwise)."""
+
+    marks_start = True
 
     def __iter__(self) -> Iterator[Any]:
         for i, item in enumerate(super().__iter__()):
-            if i == 0:
+            if i == 0 and self.marks_start:
                 _mark_started()
             yield item
 
     def update(self, n: float | None = 1) -> bool | None:
-        _mark_started()
+        if self.marks_start:
+            _mark_started()
         return super().update(n)
 
 
@@ -63,15 +66,19 @@ def progress_bar(
     show: bool = True,
     unit: str = "step",
     leave: bool = False,
+    marks_start: bool = True,
     **kwargs: Any,
 ) -> tqdm:
     """A tqdm over steps; ``show=False`` (a caller's ``progress`` flag) or ``--no-progress`` hides it.
+
+    ``marks_start=False`` for loops that only prepare (reading and checking files): a failure
+    there still removes the run folder, as for any failure before the first training step.
 
     ``mininterval=1`` keeps redraws cheap on a busy CPU while still moving every second.
     """
     kwargs.setdefault("mininterval", 1.0)
     kwargs.setdefault("dynamic_ncols", True)
-    return _Bar(
+    bar = _Bar(
         iterable,
         total=total,
         desc=desc,
@@ -80,6 +87,8 @@ def progress_bar(
         leave=leave,
         **kwargs,
     )
+    bar.marks_start = marks_start
+    return bar
 
 
 @contextlib.contextmanager

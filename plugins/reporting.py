@@ -371,6 +371,7 @@ class RunContext:
         resume: a training-state checkpoint to continue from (``--resume``).
         checkpoint_every: ``(steps, seconds)`` between periodic checkpoints (``--checkpoint-every``).
         used: every option the method read and the value it used (recorded in ``config.yaml``).
+        command: ``run`` or ``reproduce`` (named in option errors).
     """
 
     method: str
@@ -387,10 +388,11 @@ class RunContext:
     resume: str | None = None
     checkpoint_every: tuple[int | None, float | None] = (None, 120.0)
     used: dict[str, Any] = field(default_factory=dict)
+    command: str = "run"
 
     def __post_init__(self) -> None:
         if self.option_set is not None:
-            self.options = self.option_set.parse(self.options, method=self.method)
+            self.options = self.option_set.parse(self.options, self.command, self.method)
 
     def thread_count(self, default: int | None = None) -> int | None:
         """``--threads`` if given, else the method's ``default`` (``None``: leave torch's)."""

@@ -40,6 +40,46 @@ def label_subset(n: int, fraction: float, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(n)[:k])
 
 
+def nonfinite_counts(block: np.ndarray, nodata: float | None = None) -> tuple[int, int, int]:
+    """NaN/inf in a (C, H, W) raster block: (values, pixels) the file does not declare as nodata,
+    and the pixels it does (NaN when the file's ``nodata`` is NaN). Integer blocks: all zero."""
+    if not np.issubdtype(block.dtype, np.floating):
+        return 0, 0, 0
+    bad = ~np.isfinite(block)
+    if not bad.any():
+        return 0, 0, 0
+    declared = np.zeros_like(bad)
+    if nodata is not None and np.isnan(nodata):
+        declared = np.isnan(block)
+    undeclared = bad & ~declared
+    pixels = undeclared.any(axis=0) if block.ndim == 3 else undeclared
+    nodata_px = declared.any(axis=0) if block.ndim == 3 else declared
+    return int(undeclared.sum()), int(pixels.sum()), int(nodata_px.sum())
+
+
+def raise_nonfinite(path: str | Path, counts: tuple[int, int, int]) -> None:
+    """One sentence naming ``path`` and the count, for the counts of :func:`nonfinite_counts`."""
+    values, pixels, nodata = counts
+    if values:
+        raise UserInputError(
+            f"{path} contains {values} NaN or infinite values ({pixels} pixels) that the file does "
+            "not declare as nodata; clean or mask them first."
+        )
+    if nodata:
+        raise UserInputError(
+            f"{path} has {nodata} nodata (NaN) pixels, which GLCNet cannot use yet; crop or fill "
+            "them first."
+        )
+
+
+def check_raster_finite(
+    image: np.ndarray, path: str | Path, nodata: float | None = None
+) -> np.ndarray:
+    """``image`` unchanged, or one sentence naming ``path`` and the NaN/inf count."""
+    raise_nonfinite(path, nonfinite_counts(image, nodata))
+    return image
+
+
 def to_unit(image: np.ndarray) -> torch.Tensor:
     """(C, H, W) integer or float array -> float32 tensor in [0, 1] (integers by their dtype's max)."""
     if np.issubdtype(image.dtype, np.integer):
@@ -295,6 +335,8 @@ class PotsdamReader:
         self.unknown_pixels = 0
 
     def shapes(self) -> list[tuple[int, int]]:
+        """(height, width) of each tile; checks the band count and, for float tiles, NaN/inf
+        (read block by block, so memory stays bounded; integer tiles cannot hold them)."""
         import rasterio
 
         out = []
@@ -305,6 +347,11 @@ class PotsdamReader:
                         raise UserInputError(
                             f"{img} has {ds.count} bands, expected {self.bands} (RGB+IR)."
                         )
+                    if any(np.issubdtype(np.dtype(d), np.floating) for d in ds.dtypes):
+                        counts = np.zeros(3, np.int64)
+                        for _, win in ds.block_windows(1):
+                            counts += nonfinite_counts(ds.read(window=win), ds.nodata)
+                        raise_nonfinite(img, tuple(int(c) for c in counts))
                     out.append((ds.height, ds.width))
             except rasterio.errors.RasterioIOError:
                 raise UserInputError(f"{img} is not a readable GeoTIFF.") from None
@@ -426,24 +473,34 @@ def band_range(
 
 
 class ArrayCropDataset(Dataset):
-    """Random ``size`` crops of one (C, H, W) float array in [0, 1]; ``length`` samples per epoch."""
+    """Random ``size`` crops of one (C, H, W) float array in [0, 1]; ``length`` samples per epoch.
 
-    def __init__(self, image: np.ndarray, size: int, length: int):
+    The crop of sample ``i`` is drawn once, from ``seed``, when the dataset is built: the samples do
+    not depend on the global RNG or on the order they are read in, so a training run resumed from a
+    checkpoint sees the same batches as an uninterrupted one.
+    """
+
+    def __init__(
+        self, image: np.ndarray, size: int, length: int, seed: int = 0, what: str = "image"
+    ):
         if image.shape[1] < size or image.shape[2] < size:
             raise UserInputError(
                 f"image of {image.shape[1]}x{image.shape[2]} pixels is smaller than the {size}-pixel crop."
             )
+        check_raster_finite(image, what)
         self.image, self.size, self.length = (
             torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
             size,
             length,
         )
+        _, h, w = self.image.shape
+        g = torch.Generator().manual_seed(seed)
+        self.rows = torch.randint(h - size + 1, (length,), generator=g)
+        self.cols = torch.randint(w - size + 1, (length,), generator=g)
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        _, h, w = self.image.shape
-        r = int(torch.randint(h - self.size + 1, ()))
-        c = int(torch.randint(w - self.size + 1, ()))
+        r, c = int(self.rows[i]), int(self.cols[i])
         return {"image": self.image[:, r : r + self.size, c : c + self.size]}

@@ -10,12 +10,14 @@ checkpoint and loads them strictly into ``model.encoder``, so a GLCNet checkpoin
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from plugins.checkpoint import load_checkpoint
 from plugins.errors import UserInputError
 
 # last entry: torchgeo SimCLRTask/MoCoTask checkpoints (timm ResNet keys match smp's ResNet encoder)
@@ -24,19 +26,16 @@ DECODER_PREFIXES = ("model.net.decoder.", "net.decoder.", "model.decoder.", "dec
 
 
 def _load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    path = Path(path)
-    if not path.exists():
-        raise UserInputError(f"checkpoint {path} does not exist.")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise UserInputError(
-            f"checkpoint {path} could not be read ({type(err).__name__})."
-        ) from None
-    if isinstance(ckpt, Mapping) and "state_dict" in ckpt:
-        return dict(ckpt["state_dict"]), dict(ckpt.get("hyper_parameters", {}))
-    if isinstance(ckpt, Mapping):
-        return dict(ckpt), {}
+    """State dict and hyperparameters of a checkpoint, read with
+    :func:`plugins.checkpoint.load_checkpoint` (tensors and plain containers only)."""
+    ckpt = load_checkpoint(path, what="checkpoint")
+    if "state_dict" in ckpt:
+        state, hp = ckpt["state_dict"], ckpt.get("hyper_parameters") or {}
+        if not isinstance(state, Mapping) or not isinstance(hp, Mapping):
+            raise UserInputError(f"checkpoint {path} holds no state dict.")
+        return dict(state), dict(hp)
+    if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        return dict(ckpt), {}  # a plain state dict
     raise UserInputError(f"checkpoint {path} holds no state dict.")
 
 
@@ -83,9 +82,9 @@ def export_encoder(checkpoint: str | Path, out: str | Path) -> Path:
         },
         "state_dict": {f"model.{k}": v.clone() for k, v in enc.items()},
     }
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(out)
+    from plugins.reporting import atomic_write_bytes
+
+    atomic_write_bytes(out, lambda tmp: torch.save(payload, tmp))
     return out
 
 
@@ -108,7 +107,12 @@ def load_pretrained(
     if decoder:
         dec = decoder_state_dict(checkpoint)
         if dec:
-            seg_model.decoder.load_state_dict(dec, strict=True)
+            try:
+                seg_model.decoder.load_state_dict(dec, strict=True)
+            except RuntimeError as err:
+                raise UserInputError(
+                    f"checkpoint {checkpoint} does not fit the decoder: {str(err).splitlines()[0]}"
+                ) from None
         loaded["decoder"] = sorted(dec)
     return loaded
 
@@ -125,4 +129,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except UserInputError as err:
+        print(f"python -m torchgeo_ext.export: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -3,7 +3,9 @@
 Reads the raster block by block (``--block`` pixels plus a half-window halo, boundless windowed
 reads), runs the sliding-window evaluator on each block and writes the block's centre, so memory
 stays bounded whatever the raster size. The output is a single-band uint8 GeoTIFF with the input's
-CRS and transform, plus a colour PNG preview next to it.
+CRS and transform, plus a colour PNG preview with a legend next to it; both are written under
+temporary names and renamed on success, so a failed prediction leaves no output. NaN/inf pixels
+that the input does not declare as nodata are refused with the file and their count.
 
 Checkpoints: a fine-tuned segmentation checkpoint (torchgeo ``SemanticSegmentationTask`` /
 :class:`GLCNetSegmentationTask` ``.ckpt``, or the ``segmenter.ckpt`` a run writes), or a GLCNet
@@ -14,6 +16,9 @@ Input scaling: ``band_min``/``band_max`` stored in the checkpoint, else the inte
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from plugins.checkpoint import load_checkpoint
 from plugins.errors import UserInputError
 from torchgeo_ext.evaluate import sliding_window_logits
 
@@ -43,49 +49,56 @@ class CentroidSegmenter(nn.Module):
 
 
 def load_segmenter(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Model mapping (B, C, H, W) in [0, 1] to (B, K, H, W) logits, and its metadata."""
+    """Model mapping (B, C, H, W) in [0, 1] to (B, K, H, W) logits, and its metadata.
+
+    The file is read with :func:`plugins.checkpoint.load_checkpoint` (tensors and plain containers
+    only, never arbitrary pickled objects); a missing, corrupt or foreign file is one sentence."""
     import segmentation_models_pytorch as smp
 
-    path = Path(path)
-    if not path.exists():
-        raise UserInputError(f"checkpoint {path} does not exist.")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        hp, state = dict(ckpt["hyper_parameters"]), dict(ckpt["state_dict"])
-    except Exception:
+    ckpt = load_checkpoint(path, what="checkpoint")
+    hp, state = ckpt.get("hyper_parameters"), ckpt.get("state_dict")
+    if not isinstance(hp, dict) or not isinstance(state, dict):
         raise UserInputError(
             f"checkpoint {path} is not a segmentation checkpoint (needs hyper_parameters and state_dict)."
-        ) from None
-    if "centroids" in ckpt:
-        from torchgeo_ext.model import GLCNetModel
+        )
+    hp, state = (
+        dict(hp),
+        {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")},
+    )
+    try:
+        if "centroids" in ckpt:
+            from torchgeo_ext.model import GLCNetModel
 
-        glc = GLCNetModel(
-            hp.get("model", "deeplabv3+"),
-            hp["backbone"],
-            hp["in_channels"],
-            use_variance=hp.get("use_variance", True),
-        )
-        glc.load_state_dict(
-            {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
-        )
-        model: nn.Module = CentroidSegmenter(glc, ckpt["centroids"].float())
-        hp["num_classes"] = int(ckpt["centroids"].shape[0])
-    else:
-        if hp.get("model") != "deeplabv3+" or not hp.get("num_classes"):
-            raise UserInputError(
-                f"checkpoint {path} is not a deeplabv3+ segmentation checkpoint with num_classes."
+            glc = GLCNetModel(
+                hp.get("model", "deeplabv3+"),
+                hp["backbone"],
+                hp["in_channels"],
+                use_variance=hp.get("use_variance", True),
             )
-        model = smp.DeepLabV3Plus(
-            encoder_name=hp["backbone"],
-            encoder_weights=None,
-            in_channels=hp["in_channels"],
-            classes=hp["num_classes"],
-        )
-        model.load_state_dict(
-            {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
-        )
+            glc.load_state_dict(state)
+            model: nn.Module = CentroidSegmenter(glc, ckpt["centroids"].float())
+            hp["num_classes"] = int(ckpt["centroids"].shape[0])
+        else:
+            if hp.get("model") != "deeplabv3+" or not hp.get("num_classes"):
+                raise UserInputError(
+                    f"checkpoint {path} is not a deeplabv3+ segmentation checkpoint with num_classes."
+                )
+            model = smp.DeepLabV3Plus(
+                encoder_name=hp["backbone"],
+                encoder_weights=None,
+                in_channels=hp["in_channels"],
+                classes=hp["num_classes"],
+            )
+            model.load_state_dict(state)
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserInputError(
+            f"checkpoint {path} does not hold a model this command can build ({first[:150]})."
+        ) from None
     meta = {k: ckpt.get(k, hp.get(k)) for k in ("band_min", "band_max", "classes", "colormap")}
     meta.update(in_channels=hp["in_channels"], num_classes=hp["num_classes"])
+    if "centroids" in ckpt and not meta.get("classes"):
+        meta["classes"] = [f"cluster {i}" for i in range(hp["num_classes"])]
     return model.eval(), meta
 
 
@@ -117,102 +130,241 @@ def predict_geotiff(
     stride: int = 128,
     block: int = 1024,
     device: str | torch.device = "cpu",
+    preview: bool = True,
 ) -> dict[str, Any]:
-    """Write the class map of ``src`` to ``dst`` (GeoTIFF) and ``dst`` with ``.png`` (preview)."""
-    import rasterio
-    from rasterio.windows import Window
+    """Write the class map of ``src`` to ``dst`` (GeoTIFF) and, with ``preview``, ``dst`` with
+    ``.png`` (the map with a legend per class).
 
+    Both are written under temporary names in ``dst``'s folder and renamed when complete, so a
+    failure (a corrupt block, NaN pixels) leaves no output. NaN/inf pixels that the file does not
+    declare as nodata are counted over the whole raster and refused in one sentence."""
+    import rasterio
+
+    from torchgeo_ext.data import raise_nonfinite
+
+    dst = Path(dst)
+    if dst.resolve() == Path(src).resolve():
+        raise UserInputError(f"output {dst} is the input; choose another output path.")
     model, meta = load_segmenter(checkpoint)
     model.to(device)
     try:
         ds = rasterio.open(src)
     except rasterio.errors.RasterioIOError:
         raise UserInputError(f"{src} is not a readable GeoTIFF.") from None
-    with ds:
-        if ds.count != meta["in_channels"]:
-            raise UserInputError(
-                f"{src} has {ds.count} bands but the checkpoint expects {meta['in_channels']}."
-            )
-        profile = ds.profile.copy()
-        profile.update(driver="GTiff", count=1, dtype="uint8", nodata=None, compress="deflate")
-        if ds.width >= 256 and ds.height >= 256:
-            profile.update(tiled=True, blockxsize=256, blockysize=256)
-        else:
-            (
-                profile.pop("tiled", None),
-                profile.pop("blockxsize", None),
-                profile.pop("blockysize", None),
-            )
-        halo = window // 2
-        counts = np.zeros(meta["num_classes"], np.int64)
-        Path(dst).parent.mkdir(parents=True, exist_ok=True)
-        with rasterio.open(dst, "w", **profile) as out:
-            for r in range(0, ds.height, block):
-                for c in range(0, ds.width, block):
-                    h, w = min(block, ds.height - r), min(block, ds.width - c)
-                    r0, c0 = max(0, r - halo), max(0, c - halo)
-                    r1, c1 = min(ds.height, r + h + halo), min(ds.width, c + w + halo)
-                    try:
-                        data = ds.read(window=Window(c0, r0, c1 - c0, r1 - r0))
-                    except rasterio.errors.RasterioIOError:
-                        raise UserInputError(
-                            f"{src} is corrupt: reading rows {r0}-{r1} failed."
-                        ) from None
-                    x = scale_bands(data, meta).to(device)
-                    pred = sliding_window_logits(
-                        model, x, meta["num_classes"], window, stride
-                    ).argmax(0)
-                    pred = (
-                        pred[r - r0 : r - r0 + h, c - c0 : c - c0 + w]
-                        .cpu()
-                        .numpy()
-                        .astype(np.uint8)
-                    )
-                    counts += np.bincount(pred.reshape(-1), minlength=meta["num_classes"])
-                    out.write(pred, 1, window=Window(c, r, w, h))
-    preview = save_preview(dst, meta)
-    return {"output": str(dst), "preview": str(preview), "class_pixels": counts.tolist()}
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        with ds:
+            counts = _predict_blocks(ds, src, tmp, model, meta, window, stride, block, device)
+            bad = counts.pop("nonfinite")
+        raise_nonfinite(src, bad)
+        png = None
+        if preview:
+            png = dst.with_suffix(".png")
+            save_preview(tmp, meta, out=png)
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return {
+        "output": str(dst),
+        "preview": str(png) if png else None,
+        "class_pixels": counts["class_pixels"],
+    }
 
 
-def save_preview(path: str | Path, meta: dict[str, Any], max_side: int = 1024) -> Path:
-    """Colour PNG of a class-map GeoTIFF, decimated on read so memory stays bounded."""
+def _predict_blocks(
+    ds: Any,
+    src: str | Path,
+    out_path: Path,
+    model: nn.Module,
+    meta: dict[str, Any],
+    window: int,
+    stride: int,
+    block: int,
+    device: str | torch.device,
+) -> dict[str, Any]:
+    """Block-by-block prediction of open raster ``ds`` into ``out_path``; after the first block
+    with NaN/inf pixels the model is no longer run, the rest is only read to count them."""
     import rasterio
-    from PIL import Image
+    from rasterio.windows import Window
+
+    from torchgeo_ext.data import nonfinite_counts
+
+    if ds.count != meta["in_channels"]:
+        raise UserInputError(
+            f"{src} has {ds.count} bands but the checkpoint expects {meta['in_channels']}."
+        )
+    profile = ds.profile.copy()
+    profile.update(driver="GTiff", count=1, dtype="uint8", nodata=None, compress="deflate")
+    if ds.width >= 256 and ds.height >= 256:
+        profile.update(tiled=True, blockxsize=256, blockysize=256)
+    else:
+        for key in ("tiled", "blockxsize", "blockysize"):
+            profile.pop(key, None)
+    halo = window // 2
+    counts = np.zeros(meta["num_classes"], np.int64)
+    bad = np.zeros(3, np.int64)
+    with rasterio.open(out_path, "w", **profile) as out:
+        for r in range(0, ds.height, block):
+            for c in range(0, ds.width, block):
+                h, w = min(block, ds.height - r), min(block, ds.width - c)
+                r0, c0 = max(0, r - halo), max(0, c - halo)
+                r1, c1 = min(ds.height, r + h + halo), min(ds.width, c + w + halo)
+                try:
+                    data = ds.read(window=Window(c0, r0, c1 - c0, r1 - r0))
+                except rasterio.errors.RasterioIOError:
+                    raise UserInputError(
+                        f"{src} is corrupt: reading rows {r0}-{r1} failed."
+                    ) from None
+                centre = data[:, r - r0 : r - r0 + h, c - c0 : c - c0 + w]
+                bad += nonfinite_counts(centre, ds.nodata)
+                if bad.any():
+                    continue  # the run fails; only count what is left
+                x = scale_bands(data, meta).to(device)
+                pred = sliding_window_logits(model, x, meta["num_classes"], window, stride).argmax(
+                    0
+                )
+                pred = pred[r - r0 : r - r0 + h, c - c0 : c - c0 + w].cpu().numpy().astype(np.uint8)
+                counts += np.bincount(pred.reshape(-1), minlength=meta["num_classes"])
+                out.write(pred, 1, window=Window(c, r, w, h))
+    return {"class_pixels": counts.tolist(), "nonfinite": tuple(int(v) for v in bad)}
+
+
+def read_decimated(path: str | Path, max_side: int = 1024) -> np.ndarray:
+    """Band 1 of a raster, decimated on read (nearest) so that its longer side is at most
+    ``max_side``: memory stays bounded whatever the raster size."""
+    import rasterio
 
     with rasterio.open(path) as ds:
         f = max(1, int(np.ceil(max(ds.height, ds.width) / max_side)))
-        labels = ds.read(
+        return ds.read(
             1,
-            out_shape=(max(1, ds.height // f), max(1, ds.width // f)),
+            out_shape=(max(1, -(-ds.height // f)), max(1, -(-ds.width // f))),
             resampling=rasterio.enums.Resampling.nearest,
         )
-    cmap = np.asarray(meta.get("colormap") or default_colormap(meta["num_classes"]), np.uint8)
-    rgb = cmap[np.minimum(labels, len(cmap) - 1)]
-    out = Path(path).with_suffix(".png")
-    Image.fromarray(rgb).save(out)
+
+
+def save_preview(
+    path: str | Path, meta: dict[str, Any], max_side: int = 1024, out: str | Path | None = None
+) -> Path:
+    """PNG of a class-map GeoTIFF with a legend naming each class (``meta["classes"]``, else
+    ``class i``), written atomically to ``out`` (default: ``path`` with ``.png``)."""
+    from plugins.reporting import atomic_write_bytes, class_map_figure
+
+    labels = read_decimated(path, max_side)
+    k = meta["num_classes"]
+    names = list(meta.get("classes") or [])
+    names = [str(n) for n in names[:k]] + [f"class {i}" for i in range(len(names), k)]
+    fig = class_map_figure(labels, names, title=Path(out or path).stem)
+    out = Path(out) if out is not None else Path(path).with_suffix(".png")
+    try:
+        atomic_write_bytes(
+            out, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        )
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="contrastive-plugins predict glcnet", description=__doc__.splitlines()[0]
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit status 2), like the ``contrastive-plugins`` command."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        print(f"{self.prog}: error: {message} (see {self.prog} --help).", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _int_at_least(low: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="contrastive-plugins predict glcnet", description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="segmentation checkpoint (.ckpt): a fine-tuned deeplabv3+ (torchgeo "
+        "SemanticSegmentationTask / GLCNetSegmentationTask) or a 'run glcnet' segmenter.ckpt",
     )
-    p.add_argument("--checkpoint", required=True, help="segmentation checkpoint (.ckpt)")
-    p.add_argument("input", help="input GeoTIFF")
-    p.add_argument("output", help="output class-map GeoTIFF (a .png preview is written beside it)")
-    p.add_argument("--window", type=int, default=256)
-    p.add_argument("--stride", type=int, default=128)
-    p.add_argument("--block", type=int, default=1024, help="pixels per read block (bounds memory)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args(argv)
-    if args.stride <= 0 or args.stride > args.window:
+    p.add_argument("input", help="input GeoTIFF with the checkpoint's band count")
+    p.add_argument(
+        "output",
+        help="output class-map GeoTIFF (uint8, the input's CRS and transform); a .png preview "
+        "with a legend is written beside it; both appear only when prediction succeeds",
+    )
+    p.add_argument(
+        "--window",
+        type=_int_at_least(16),
+        default=256,
+        help="sliding-window side in pixels, a multiple of 16 (default 256, the paper's)",
+    )
+    p.add_argument(
+        "--stride",
+        type=_int_at_least(1),
+        default=128,
+        help="step between sliding windows, 1 to --window; overlapping windows are averaged "
+        "(default 128, the paper's)",
+    )
+    p.add_argument(
+        "--block",
+        type=_int_at_least(1),
+        default=1024,
+        help="pixels per read block (plus a half-window halo); bounds memory (default 1024)",
+    )
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu, cuda or cuda:N (default: cuda when available)",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.window % 16:
+        raise UserInputError(
+            f"--window must be a multiple of 16 (DeepLabv3+ output stride), got {args.window}."
+        )
+    if args.stride > args.window:
         raise UserInputError(f"--stride must be in 1..--window ({args.window}), got {args.stride}.")
+    device = _device(args.device)
     res = predict_geotiff(
-        args.checkpoint, args.input, args.output, args.window, args.stride, args.block, args.device
+        args.checkpoint, args.input, args.output, args.window, args.stride, args.block, device
     )
     print(f"wrote {res['output']} and {res['preview']}; pixels per class: {res['class_pixels']}")
     return 0
 
 
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserInputError(f"--device {name}: expected cpu, cuda or cuda:N.") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserInputError(f"--device {name}: expected cpu, cuda or cuda:N.")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserInputError(f"--device {name}: CUDA is not available on this machine.")
+    return device
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except UserInputError as err:
+        print(f"contrastive-plugins predict glcnet: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -3,24 +3,36 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
 import time
+from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
-from torch.utils.data import DataLoader, Dataset
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from plugins.checkpoint import load_checkpoint
 from plugins.errors import UserInputError
 from plugins.metrics import effective_rank, spectrum
-from plugins.reporting import RunContext
+from plugins.reporting import RunContext, active_run_dir
 from torchgeo_ext import data as D
+from torchgeo_ext.options import OUTPUT_STRIDE
 from torchgeo_ext.task import GLCNetTask
+
+METHOD = "glcnet"
 
 
 class _LossRecorder(Callback):
+    """Per-step training losses; kept in Lightning checkpoints, so a resumed run plots them all."""
+
     def __init__(self) -> None:
         self.losses: list[float] = []
 
@@ -30,6 +42,87 @@ class _LossRecorder(Callback):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         self.losses.append(float(loss))
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"losses": list(self.losses)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.losses = [float(v) for v in state_dict.get("losses", [])]
+
+
+class _RunHooks(Callback):
+    """The command's side of a Lightning fit: marks the run folder started when training starts,
+    tags checkpoints with the method (``--resume`` refuses other methods' files), reseeds the global
+    RNG before each step from ``(step_seed, global_step)`` when given (so the views and dropout of a
+    resumed run equal an uninterrupted run's), and keeps the exception Lightning swallows on Ctrl-C."""
+
+    def __init__(self, step_seed: int | None = None) -> None:
+        self.step_seed = step_seed
+        self.exception: BaseException | None = None
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        run_dir = active_run_dir()
+        if run_dir is not None:
+            run_dir.mark_started()
+
+    def on_train_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.step_seed is not None:
+            torch.manual_seed(self.step_seed * 1_000_003 + trainer.global_step)
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        checkpoint["method"] = METHOD
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self.exception = exception
+
+
+class _StepSampler(Sampler[int]):
+    """Indices ``0..n-1`` in order, starting after the batches the trainer has already done.
+
+    The trainer's ``global_step`` is read when iteration starts, which Lightning does after it has
+    restored a checkpoint, so a resumed fit continues with the batches an uninterrupted one would
+    have seen next (Lightning restarts plain dataloaders from their first batch)."""
+
+    def __init__(self, n: int, batch_size: int) -> None:
+        self.n, self.batch_size = n, batch_size
+        self.trainer: Any = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        per_epoch = max(1, self.n // self.batch_size)
+        done = self.trainer.global_step % per_epoch if self.trainer is not None else 0
+        yield from range(min(self.n, done * self.batch_size), self.n)
+
+
+class _AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints written to a temporary name and renamed: never a half-written file."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        from plugins.reporting import atomic_write_bytes
+
+        atomic_write_bytes(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+
+
+def _periodic_checkpoint(ctx: RunContext) -> ModelCheckpoint | None:
+    """``<run>/last.ckpt`` every N steps or T seconds (``--checkpoint-every``); ``None`` when off."""
+    steps, seconds = ctx.checkpoint_every
+    if not steps and not seconds:
+        return None
+    return ModelCheckpoint(
+        dirpath=str(ctx.run_dir.path),
+        filename="last",
+        save_last=True,
+        save_top_k=0,
+        every_n_train_steps=steps or None,
+        train_time_interval=timedelta(seconds=seconds) if not steps and seconds else None,
+        enable_version_counter=False,
+    )
+
 
 def _fit(
     ctx: RunContext,
@@ -38,29 +131,75 @@ def _fit(
     steps: int,
     batch_size: int,
     val: Dataset | None = None,
+    resumable: bool = False,
+    seed: int | None = None,
 ) -> list[float]:
-    """Train ``task`` for ``steps`` optimiser steps with Lightning; returns the per-step losses."""
+    """Train ``task`` for ``steps`` optimiser steps with Lightning; returns the per-step losses.
+
+    ``resumable`` (the pretraining of ``run``): ``train`` is read in order (its samples must be
+    random already, e.g. :class:`torchgeo_ext.data.ArrayCropDataset`), the global RNG is reseeded per
+    step from ``seed``, ``<run>/last.ckpt`` is written as ``--checkpoint-every`` says and ``--resume``
+    continues from such a file to the same final parameters as an uninterrupted run.
+
+    Ctrl-C (which Lightning turns into ``sys.exit(1)``) is raised again as ``KeyboardInterrupt``,
+    so the command exits 130 and records the run as interrupted.
+    """
+    from plugins.progress import enabled
+
+    sampler = _StepSampler(len(train), batch_size) if resumable else None
     loader = DataLoader(
-        train, batch_size=batch_size, shuffle=True, drop_last=len(train) > batch_size
+        train,
+        batch_size=batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=len(train) > batch_size,
     )
     per_epoch = max(1, len(loader))
     rec = _LossRecorder()
+    hooks = _RunHooks(step_seed=seed if resumable else None)
+    callbacks: list[Callback] = [rec, hooks]
+    periodic = _periodic_checkpoint(ctx) if resumable else None
+    if periodic is not None:
+        callbacks.append(periodic)
     trainer = Trainer(
         max_steps=steps,
         max_epochs=math.ceil(steps / per_epoch),
         accelerator="gpu" if torch.device(ctx.device).type == "cuda" else "cpu",
         devices=1,
         logger=False,
-        enable_checkpointing=False,
+        enable_checkpointing=periodic is not None,
         enable_model_summary=False,
-        enable_progress_bar=ctx.progress,
+        enable_progress_bar=ctx.progress and enabled(),
         limit_val_batches=1 if val is not None else 0,
         num_sanity_val_steps=0,
-        callbacks=[rec],
-        default_root_dir=str(ctx.run_dir.path),
+        callbacks=callbacks,
+        plugins=[_AtomicCheckpointIO()],
+        default_root_dir=str(ctx.run_dir.ensure()),
     )
+    if sampler is not None:
+        sampler.trainer = trainer
     vloader = DataLoader(val, batch_size=batch_size) if val is not None else None
-    trainer.fit(task, train_dataloaders=loader, val_dataloaders=vloader)
+    try:
+        sigint = signal.getsignal(signal.SIGINT)
+    except ValueError:
+        sigint = None
+    try:
+        trainer.fit(
+            task,
+            train_dataloaders=loader,
+            val_dataloaders=vloader,
+            ckpt_path=ctx.resume if resumable else None,
+            weights_only=True,
+        )
+    except SystemExit:
+        if not trainer.interrupted:
+            raise
+        if sigint is not None:  # Lightning ignores further Ctrl-C after the first
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(signal.SIGINT, sigint)
+        if isinstance(hooks.exception, KeyboardInterrupt):  # SIGTERM's subclass included
+            raise hooks.exception from None
+        raise KeyboardInterrupt from None
     return rec.losses
 
 
@@ -70,27 +209,104 @@ def _save_task(ctx: RunContext, task: Any, name: str, **extra: Any) -> Path:
     )
 
 
-def _pretrain_glcnet(
-    ctx: RunContext, train: Dataset, in_channels: int, rgb: Any, size: int, steps: int, batch: int
-) -> tuple[GLCNetTask, list[float]]:
+def _check_backbone(name: str, timm_too: bool = False) -> str:
+    """``name`` if smp (and, with ``timm_too``, timm for torchgeo's SimCLRTask) can build it."""
+    import segmentation_models_pytorch as smp
+    import timm
+
+    known = smp.encoders.get_encoder_names()
+    timm_name = name.removeprefix("tu-").split(".")[0]
+    ok = name in known or (name.startswith("tu-") and timm.is_model(timm_name))
+    if ok and timm_too:
+        ok = timm.is_model(timm_name)
+    if not ok:
+        raise UserInputError(
+            f"--set backbone={name}: expected an smp encoder name such as "
+            f"{', '.join(known[:4])} or tu-<timm model> (see "
+            "segmentation_models_pytorch.encoders.get_encoder_names())."
+        )
+    return name
+
+
+def _multiple_of_stride(key: str, value: int) -> int:
+    if value % OUTPUT_STRIDE:
+        raise UserInputError(
+            f"--set {key}={value}: expected a multiple of {OUTPUT_STRIDE} (DeepLabv3+ output stride)."
+        )
+    return value
+
+
+def _glcnet_task(
+    ctx: RunContext, in_channels: int, rgb: Any, size: int, backbone: str
+) -> GLCNetTask:
     import warnings
 
-    patch = max(
-        3, round(16 * size / 224)
-    )  # the paper's 16-px window at 224, scaled to this view size
+    # the paper's 16-px window at 224, scaled to this view size
+    patch = ctx.option("patch_size", max(3, round(16 * size / 224)))
     with warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore", UserWarning
-        )  # the task warns about non-paper sizes by design
-        task = GLCNetTask(
-            backbone=ctx.option("backbone", "resnet18"),
+        # the task warns about non-paper sizes by design
+        warnings.simplefilter("ignore", UserWarning)
+        return GLCNetTask(
+            backbone=backbone,
             in_channels=in_channels,
             size=size,
-            patch_size=ctx.option("patch_size", patch),
+            patch_size=patch,
             rgb_bands=rgb,
-            lr=ctx.option("lr", 1e-3),
+            lr=ctx.option("lr"),
         )
+
+
+def _pretrain_glcnet(
+    ctx: RunContext,
+    train: Dataset,
+    in_channels: int,
+    rgb: Any,
+    size: int,
+    steps: int,
+    batch: int,
+    backbone: str,
+) -> tuple[GLCNetTask, list[float]]:
+    task = _glcnet_task(ctx, in_channels, rgb, size, backbone)
     return task, _fit(ctx, task, train, steps, batch)
+
+
+def _check_resume(path: str | Path, task: GLCNetTask, steps: int) -> None:
+    """One sentence when ``path`` is not a GLCNet training checkpoint that fits this run."""
+    ckpt = load_checkpoint(path, METHOD, what="--resume file")
+    if not {"state_dict", "optimizer_states", "loops"} <= set(ckpt):
+        raise UserInputError(
+            f"--resume file {path} is not a Lightning training checkpoint (use the run's last.ckpt)."
+        )
+    mine, theirs = task.state_dict(), ckpt["state_dict"]
+    wrong = sorted(
+        k for k in set(mine) | set(theirs) if k not in mine or k not in theirs
+        or tuple(mine[k].shape) != tuple(theirs[k].shape)
+    )  # fmt: skip
+    if wrong:
+        raise UserInputError(
+            f"--resume file {path} does not fit this run's model ({len(wrong)} weights differ, "
+            f"e.g. {wrong[0]}); resume with the same data and --set options."
+        )
+    hp = ckpt.get("hyper_parameters", {})
+    changed = [
+        f"{k}={hp[k]!r} there, {v!r} here"
+        for k, v in task.hparams.items()
+        if k in hp and _plain(hp[k]) != _plain(v)
+    ]
+    if changed:
+        raise UserInputError(
+            f"--resume file {path} was written with other settings ({'; '.join(changed)})."
+        )
+    done = int(ckpt.get("global_step", 0))
+    if done > steps:
+        raise UserInputError(
+            f"--resume file {path} is at step {done}, past this run's {steps} steps; "
+            "resume with the same --epochs/--set steps."
+        )
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, list | tuple) else value
 
 
 def _rgb(x: np.ndarray, bands: list[int]) -> np.ndarray:
@@ -146,86 +362,125 @@ def _global_embeddings(
     return task.model(crops)[0], torch.arange(len(crops))
 
 
-def run(ctx: RunContext) -> dict[str, float]:
-    """Pretrain GLCNet on one image (embedded Sentinel-2 tile, a GeoTIFF, or rs_seg training scenes),
-    then predict a label-free class map (k-means centroids over the dense features) as a GeoTIFF."""
+def _read_geotiff(path: Path) -> np.ndarray:
+    """All bands of ``path``; one sentence for an unreadable file or NaN/inf pixels."""
+    import rasterio
+
+    try:
+        with rasterio.open(path) as ds:
+            raw = ds.read()
+            nodata = ds.nodata
+    except rasterio.errors.RasterioIOError:
+        raise UserInputError(f"{path} is not a readable GeoTIFF.") from None
+    return D.check_raster_finite(raw, path, nodata)
+
+
+def _write_embedded_tile(raw: np.ndarray, path: Path) -> None:
     import rasterio
     from rasterio.transform import from_origin
+
+    # spyndex's tile has no georeferencing: a nominal 10 m grid, no CRS
+    profile = dict(
+        driver="GTiff",
+        width=raw.shape[2],
+        height=raw.shape[1],
+        count=raw.shape[0],
+        dtype="int16",
+        transform=from_origin(0, raw.shape[1] * 10, 10, 10),
+    )
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(raw)
+
+
+def _display_rgb(image: np.ndarray, rgb: list[int] | None, max_side: int = 1024) -> np.ndarray:
+    """(H, W, 3) picture of a (C, H, W) image in [0, 1], decimated to at most ``max_side``."""
+    f = max(1, int(np.ceil(max(image.shape[1:]) / max_side)))
+    return _rgb(image[:, ::f, ::f], rgb if rgb is not None else [0, 0, 0])
+
+
+def run(ctx: RunContext) -> dict[str, float]:
+    """Pretrain GLCNet on one image (the embedded Sentinel-2 tile or a GeoTIFF), then predict a
+    label-free class map (k-means centroids over the dense features) as a GeoTIFF.
+
+    ``--checkpoint-every`` writes ``last.ckpt`` (a Lightning checkpoint) during the pretraining and
+    ``--resume`` continues it to the same final parameters as an uninterrupted run."""
     from sklearn.cluster import KMeans
 
-    from torchgeo_ext.predict import predict_geotiff
+    from torchgeo_ext.predict import predict_geotiff, scale_bands
 
     seed_everything(ctx.seed, verbose=False)
     t0 = time.time()
-    out = ctx.run_dir.path
+    size = _multiple_of_stride("size", ctx.option("size"))
+    steps = ctx.epochs if ctx.epochs is not None else ctx.option("steps")
+    batch = ctx.option("batch_size")
+    k = ctx.option("clusters")
+    backbone = _check_backbone(ctx.option("backbone"))
     if ctx.data is None:
         raw, names = D.load_sentinel2_tile()
-        rgb = [2, 1, 0]
-        src_tif = out / "sentinel2_tile.tif"
-        # spyndex's tile has no georeferencing: a nominal 10 m grid, no CRS
-        with rasterio.open(
-            src_tif,
-            "w",
-            driver="GTiff",
-            width=raw.shape[2],
-            height=raw.shape[1],
-            count=raw.shape[0],
-            dtype="int16",
-            transform=from_origin(0, raw.shape[1] * 10, 10, 10),
-        ) as dst:
-            dst.write(raw)
+        rgb = ctx.option("rgb_bands", [2, 1, 0])
+        src_tif = None
     elif str(ctx.data).lower().endswith((".tif", ".tiff")):
         src_tif = Path(ctx.data)
-        try:
-            with rasterio.open(src_tif) as ds:
-                raw = ds.read()
-        except rasterio.errors.RasterioIOError:
-            raise UserInputError(f"{ctx.data} is not a readable GeoTIFF.") from None
+        raw = _read_geotiff(src_tif)
         names = [f"band{i + 1}" for i in range(raw.shape[0])]
         rgb = ctx.option("rgb_bands", [0, 1, 2] if raw.shape[0] >= 3 else None)
     else:
         raise UserInputError(
             f"--data must be a GeoTIFF (.tif), got {ctx.data}; for rs_seg use `torchgeo fit --config torchgeo_ext/configs/glcnet_rs_seg_pretrain.yaml`."
         )
+    where = src_tif or "the embedded Sentinel-2 tile"
+    if rgb is not None and max(rgb) >= raw.shape[0]:
+        raise UserInputError(
+            f"--set rgb_bands={','.join(map(str, rgb))}: {where} has {raw.shape[0]} bands "
+            f"(indices 0 to {raw.shape[0] - 1})."
+        )
+    if min(raw.shape[1:]) < size:
+        raise UserInputError(
+            f"{where} is {raw.shape[1]}x{raw.shape[2]} pixels, smaller than the {size}-pixel "
+            "view (--set size)."
+        )
     lo, hi = D.band_range(raw)
-    image = np.clip(
-        (raw.astype(np.float32) - np.asarray(lo, np.float32)[:, None, None])
-        / (np.asarray(hi, np.float32) - np.asarray(lo, np.float32))[:, None, None],
-        0,
-        1,
-    )
-    size = int(ctx.option("size", 48 if ctx.demo else 64))
-    steps = int(ctx.epochs or ctx.option("steps", 6 if ctx.demo else 200))
-    batch = int(ctx.option("batch_size", 6 if ctx.demo else 32))
-    train = D.ArrayCropDataset(image, min(size + size // 4, *image.shape[1:]), length=steps * batch)
+    image = scale_bands(raw, {"band_min": lo, "band_max": hi}).numpy()
+    crop = min(size + size // 4, *image.shape[1:])
+    train = D.ArrayCropDataset(image, crop, length=steps * batch, seed=ctx.seed, what=str(where))
+    task = _glcnet_task(ctx, image.shape[0], rgb, size, backbone)
+    if ctx.resume is not None:
+        _check_resume(ctx.resume, task, steps)
+    out = ctx.run_dir.ensure()
+    if src_tif is None:
+        src_tif = out / "sentinel2_tile.tif"
+        _write_embedded_tile(raw, src_tif)
     config = {
-        "method": "glcnet",
+        "method": METHOD,
         "data": str(ctx.data or "spyndex Sentinel-2 tile"),
         "bands": names,
+        "backbone": backbone,
         "size": size,
+        "patch_size": task.hparams["patch_size"],
+        "lr": task.hparams["lr"],
+        "rgb_bands": rgb,
         "steps": steps,
         "batch_size": batch,
+        "clusters": k,
         "seed": ctx.seed,
         "band_min": lo,
         "band_max": hi,
     }
     ctx.run_dir.save_config(config)
-    task, losses = _pretrain_glcnet(ctx, train, image.shape[0], rgb, size, steps, batch)
+    losses = _fit(ctx, task, train, steps, batch, resumable=True, seed=ctx.seed)
     task.to("cpu").eval()
     ckpt = _save_task(ctx, task, "glcnet.ckpt")
     from torchgeo_ext.export import export_encoder
 
     export_encoder(ckpt, out / "glcnet_encoder_torchgeo.ckpt")
 
-    side = min(
-        256, image.shape[1] // 16 * 16, image.shape[2] // 16 * 16
-    )  # DeepLab needs multiples of 16
+    # DeepLab needs multiples of 16
+    side = min(256, image.shape[1] // 16 * 16, image.shape[2] // 16 * 16)
     img_t = torch.from_numpy(image[:, :side, :side])
     g, _ = _global_embeddings(task, img_t, size)
     with torch.no_grad():
         d = task.model.features(img_t[None])[1][0]  # (64, side, side)
     pix = d.reshape(d.shape[0], -1).T.numpy()
-    k = int(ctx.option("clusters", 5))
     rng = np.random.default_rng(ctx.seed)
     km = KMeans(n_clusters=k, n_init=1, random_state=ctx.seed).fit(
         pix[rng.permutation(len(pix))[:5000]]
@@ -247,7 +502,9 @@ def run(ctx: RunContext) -> dict[str, float]:
         window=size * 2,
         stride=size * 2 if ctx.demo else size,
         block=512,
+        preview=False,
     )
+    _plot_class_map(ctx, out / "classmap.tif", _display_rgb(image, rgb), k)
     pix_lab = km.predict(pix).reshape(side, side)
     wins = D.grid_windows(side, side, size, size // 2)
     labels = torch.tensor(
@@ -259,7 +516,10 @@ def run(ctx: RunContext) -> dict[str, float]:
     ctx.run_dir.plot_loss({"train_loss": losses})
     ctx.run_dir.plot_spectrum({"GLCNet global embedding": spectrum(g)})
     ctx.run_dir.plot_embedding(
-        g, labels, title="GLCNet global embeddings of crops (colour: majority k-means class)"
+        g,
+        labels,
+        title="GLCNet global embeddings of crops (colour: majority k-means class)",
+        class_names=[f"cluster {i}" for i in range(k)],
     )
     _plot_views(ctx, task, next(iter(DataLoader(train, batch_size=3)))["image"], rgb or [0, 0, 0])
     fractions = np.asarray(pred["class_pixels"], dtype=np.float64) / max(
@@ -277,13 +537,28 @@ def run(ctx: RunContext) -> dict[str, float]:
     return metrics
 
 
+def _plot_class_map(ctx: RunContext, classmap: Path, picture: np.ndarray, k: int) -> None:
+    """``classmap.png``: the input beside its label-free class map, with a legend per cluster."""
+    from torchgeo_ext.predict import read_decimated
+
+    labels = read_decimated(classmap, max(picture.shape[:2]))
+    h, w = min(labels.shape[0], picture.shape[0]), min(labels.shape[1], picture.shape[1])
+    ctx.run_dir.plot_class_map(
+        labels[:h, :w],
+        [f"cluster {i}" for i in range(k)],
+        name="classmap.png",
+        title="label-free class map (k-means on GLCNet dense features)",
+        image=picture[:h, :w],
+    )
+
+
 PAPER_CLAIM = (
     "paper (Potsdam, 1% labels): GLCNet about +6% Kappa over its best self-supervised baseline"
 )
 
 
 def _simclr(
-    ctx: RunContext, train: Dataset, size: int, steps: int, batch: int
+    ctx: RunContext, train: Dataset, size: int, steps: int, batch: int, backbone: str
 ) -> tuple[Any, list[float]]:
     """torchgeo's own SimCLRTask (v1: 2-layer head, no memory bank) on the same backbone and budget."""
     import warnings
@@ -293,7 +568,7 @@ def _simclr(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         task = SimCLRTask(
-            model=ctx.option("backbone", "resnet18"),
+            model=backbone,
             in_channels=3,
             version=1,
             layers=2,
@@ -313,6 +588,7 @@ def _finetune(
     decoder: bool,
     steps: int,
     batch: int,
+    backbone: str,
 ) -> Any:
     import warnings
 
@@ -324,11 +600,11 @@ def _finetune(
             pretrained=pretrained,
             load_decoder=decoder,
             model="deeplabv3+",
-            backbone=ctx.option("backbone", "resnet18"),
+            backbone=backbone,
             in_channels=3,
             num_classes=6,
             ignore_index=255,
-            lr=ctx.option("finetune_lr", 1e-3),
+            lr=ctx.option("finetune_lr"),
             patience=1000,
         )
     _fit(ctx, task, dm.train_dataset, steps, batch, val=dm.val_dataset)
@@ -365,29 +641,42 @@ def _overlay(
 def reproduce(ctx: RunContext) -> dict[str, float]:
     """Few-label fine-tuning on rs_seg (held-out scenes) from random init, torchgeo SimCLR and GLCNet.
 
-    Reduced scale for a shared CPU (options via ``--set``): scenes resized by ``scale`` (0.125), so
-    the sliding-window ``window`` (32) and ``stride`` (16) cover the paper's 256/128 window on the
-    original scenes; ``source_size`` (32) training windows, ``size`` (32) views; ResNet-18
-    DeepLabv3+; ``pretrain_steps`` (200) / ``finetune_steps`` (80) optimiser steps of
-    ``batch_size`` (8) for every arm; ``seeds`` (default: ``--seed`` and the next two) repeats
-    everything (pretraining, label subsets, fine-tuning) per seed and reports mean ± std.
+    Reduced scale for a shared CPU: scenes resized by ``scale``, so that the sliding ``window`` and
+    ``stride`` cover the paper's 256/128 window on the original scenes; ``source_size`` training
+    windows, ``size`` views; DeepLabv3+ on ``backbone``; ``pretrain_steps`` / ``finetune_steps``
+    optimiser steps of ``batch_size`` for every arm; ``seeds`` repeats everything (pretraining,
+    label subsets, fine-tuning) per seed and reports mean ± std. ``reproduce glcnet --help`` lists
+    the defaults (:mod:`torchgeo_ext.options`).
     """
     from plugins.reporting import markdown_table
 
+    if ctx.epochs is not None:
+        raise UserInputError(
+            "reproduce glcnet has two training budgets; set them with --set pretrain_steps=N "
+            "and --set finetune_steps=N instead of --epochs."
+        )
     t0 = time.time()
     opt = dict(
-        scale=float(ctx.option("scale", 0.125)),
-        source_size=int(ctx.option("source_size", 32)),
-        size=int(ctx.option("size", 32)),
-        window=int(ctx.option("window", 32)),
-        stride=int(ctx.option("stride", 16)),
-        batch_size=int(ctx.option("batch_size", 8)),
-        pretrain_steps=int(ctx.option("pretrain_steps", 200)),
-        finetune_steps=int(ctx.option("finetune_steps", 80)),
-        fractions=[float(f) for f in ctx.option_list("fractions", [0.01, 0.1])],
+        scale=ctx.option("scale"),
+        source_size=ctx.option("source_size"),
+        size=_multiple_of_stride("size", ctx.option("size")),
+        window=_multiple_of_stride("window", ctx.option("window")),
+        stride=ctx.option("stride"),
+        batch_size=ctx.option("batch_size"),
+        pretrain_steps=ctx.option("pretrain_steps"),
+        finetune_steps=ctx.option("finetune_steps"),
+        fractions=ctx.option("fractions"),
+        backbone=_check_backbone(ctx.option("backbone"), timm_too=True),
     )
+    if opt["stride"] > opt["window"]:
+        raise UserInputError(
+            f"--set stride={opt['stride']}: expected at most the window ({opt['window']})."
+        )
+    if not opt["fractions"]:
+        raise UserInputError("--set fractions: expected at least one label fraction.")
+    D.rs_seg_root(ctx.data)  # a missing data set is one sentence before any work
     seeds = _seeds(ctx)
-    ctx.run_dir.save_config({**opt, "seeds": seeds, "backbone": ctx.option("backbone", "resnet18")})
+    ctx.run_dir.save_config({**opt, "seeds": seeds})
     per_seed = [_reproduce_seed(ctx, seed, seed == seeds[0], **opt) for seed in seeds]
     ctx.run_dir.save_json(
         dict(zip(map(str, seeds), per_seed, strict=True)), "metrics_per_seed.json"
@@ -427,7 +716,8 @@ ARMS = ("random init", "SimCLR (torchgeo)", "GLCNet")
 
 
 def _seeds(ctx: RunContext) -> list[int]:
-    return [int(v) for v in ctx.option_list("seeds", [ctx.seed + i for i in range(3)])]
+    """``--set seeds``, else (declared default none) ``--seed`` and the next two."""
+    return [int(v) for v in ctx.option("seeds") or [ctx.seed + i for i in range(3)]]
 
 
 def _reproduce_seed(
@@ -443,6 +733,7 @@ def _reproduce_seed(
     pretrain_steps: int,
     finetune_steps: int,
     fractions: list[float],
+    backbone: str,
 ) -> dict[str, float]:
     """One seed of :func:`reproduce`: both pretrainings, then every arm at every label fraction
     (the overlay PNG only for the ``first`` seed)."""
@@ -454,10 +745,10 @@ def _reproduce_seed(
     unlabeled = D.RSSegDataModule(root, patch_size=src, scale=scale, labels=False, val_tiles=())
     unlabeled.setup()
     glc, glc_losses = _pretrain_glcnet(
-        ctx, unlabeled.train_dataset, 3, [0, 1, 2], size, pretrain_steps, batch
+        ctx, unlabeled.train_dataset, 3, [0, 1, 2], size, pretrain_steps, batch, backbone
     )
     glc_ckpt = _save_task(ctx, glc, f"glcnet_seed{seed}.ckpt")
-    sim, sim_losses = _simclr(ctx, unlabeled.train_dataset, size, pretrain_steps, batch)
+    sim, sim_losses = _simclr(ctx, unlabeled.train_dataset, size, pretrain_steps, batch, backbone)
     sim_ckpt = _save_task(ctx, sim, f"simclr_seed{seed}.ckpt")
     ctx.run_dir.plot_loss(
         {"GLCNet": glc_losses, "SimCLR (torchgeo)": sim_losses}, name=f"loss_seed{seed}.png"
@@ -475,7 +766,7 @@ def _reproduce_seed(
             ARMS, [None, str(sim_ckpt), str(glc_ckpt)], [False, False, True]
         ):
             seed_everything(seed, verbose=False)
-            model = _finetune(ctx, dm, ckpt, dec, finetune_steps, batch)
+            model = _finetune(ctx, dm, ckpt, dec, finetune_steps, batch, backbone)
             scores, preds = evaluate_scenes(
                 model, [(i, m) for _, i, m in test], 6, window, stride, 255, ctx.device
             )

@@ -9,5 +9,6 @@ SPEC = MethodSpec(
     run="torchgeo_ext.run:run",
     reproduce="torchgeo_ext.run:reproduce",
     demo_metric="final_loss",
+    options="torchgeo_ext.options:OPTIONS",
     extra={"predict": "torchgeo_ext.predict:main", "export": "torchgeo_ext.export:main"},
 )

@@ -7,18 +7,34 @@ plus the domain regulariser, and inference must pick each volume's head.
 
 from __future__ import annotations
 
+import difflib
 import functools
-from collections.abc import Sequence
+import os
+import sys
+import types
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from monai.engines.utils import IterationEvents
+from monai.transforms import MapTransform
 from monai.utils import CommonKeys as Keys
 
+from monai_ext.bundle_errors import install_one_line_errors
+from monai_ext.multidomain.data import check_finite_volume
 from monai_ext.multidomain.loss import MultiDomainLoss
+from plugins.errors import UserInputError
 
-__all__ = ["MultiDomainTrainStep", "DomainInferStep", "bundle_dir", "domains_of"]
+__all__ = [
+    "MultiDomainTrainStep",
+    "DomainInferStep",
+    "ValidateEveryAndAtEnd",
+    "CheckFinited",
+    "check_config",
+    "bundle_dir",
+    "domains_of",
+]
 
 
 def bundle_dir() -> Path:
@@ -89,3 +105,167 @@ class DomainInferStep:
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
+
+
+class ValidateEveryAndAtEnd:
+    """Run ``validator`` every ``interval`` epochs and after the last epoch, whatever ``max_epochs``
+    and ``interval`` are, so that the key-metric ``CheckpointSaver`` always writes a model
+    (MONAI's ``ValidationHandler`` alone skips it when ``max_epochs < interval``).
+
+    Args:
+        validator: the ``SupervisedEvaluator``.
+        interval: validate every this many epochs (at least 1).
+    """
+
+    def __init__(self, validator: Any, interval: int):
+        if int(interval) < 1:
+            raise UserInputError(f"val_interval must be at least 1, got {interval}.")
+        self.validator = validator
+        self.interval = int(interval)
+
+    def due(self, engine: Any, epoch: int) -> bool:
+        return epoch % self.interval == 0 or epoch >= engine.state.max_epochs
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=self.due), self)
+
+    def __call__(self, engine: Any) -> None:
+        self.validator.run(engine.state.epoch)
+
+
+class CheckFinited(MapTransform):
+    """Refuse a volume with NaN or infinite voxels: one sentence naming its file and the count."""
+
+    def __call__(self, data: Mapping[Any, Any]) -> dict[Any, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            x = d[key]
+            meta = getattr(x, "meta", None) or d.get(f"{key}_meta_dict") or {}
+            check_finite_volume(torch.as_tensor(x), meta.get("filename_or_obj", key))
+        return d
+
+
+# -- config checks ----------------------------------------------------------------------------------
+_RUN_FILE = os.path.join("monai", "bundle", "scripts.py")
+_TRACKING_KEYS = ("tracking_uri", "experiment_name", "run_name", "save_execute_config")
+
+
+def _bundle_call() -> tuple[list[str], dict[str, Any], bool] | None:
+    """(config files, overrides, tracking?) of the ``monai.bundle`` ``run`` call on the stack."""
+    frame: types.FrameType | None = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "run" and code.co_filename.endswith(_RUN_FILE):
+            files = frame.f_locals.get("config_file")
+            if files is None:
+                return None
+            files = [files] if isinstance(files, str | os.PathLike) else list(files)
+            override = dict(frame.f_locals.get("override") or {})
+            return [str(f) for f in files], override, frame.f_locals.get("tracking") is not None
+        frame = frame.f_back
+    return None
+
+
+def _closest(key: str, known: Sequence[str]) -> str:
+    match = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _parameters(component: Mapping[str, Any]) -> list[str] | None:
+    """Keyword arguments the ``_target_`` of a config component takes (``None``: any, or unknown)."""
+    import inspect
+    import pydoc
+
+    from monai.bundle.config_item import ConfigComponent
+
+    try:
+        target = pydoc.locate(ConfigComponent(config=dict(component)).resolve_module_name())
+        sig = inspect.signature(target)  # type: ignore[arg-type]
+    except (TypeError, ValueError, pydoc.ErrorDuringImport):
+        return None
+    if target is None or any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return None
+    return [n for n in sig.parameters if n != "self"]
+
+
+def _one_line_errors() -> None:
+    """Under ``python -m monai.bundle``: a :class:`UserInputError` is one line and status 2."""
+    install_one_line_errors("monai.bundle")
+
+
+def check_config(positive: Sequence[str] = ()) -> bool:
+    """Check a bundle run before anything is built; the first ``initialize`` item of each config.
+
+    One sentence naming the config file and the key for: an override (``--key value``) that names
+    no key of the config (a typo such as ``--max_epoch``), a reference ``@key`` to a key the config
+    does not define (e.g. one deleted from an edited copy), and a key of ``positive`` that is not a
+    whole number of at least 1. Under ``python -m monai.bundle`` such errors print one line and exit
+    with status 2 instead of MONAI's traceback. Outside a ``monai.bundle`` ``run`` call it does
+    nothing. Returns ``True``.
+    """
+    from monai.bundle import ConfigParser
+    from monai.bundle.config_item import ConfigExpression
+    from monai.bundle.reference_resolver import ReferenceResolver
+
+    _one_line_errors()
+    call = _bundle_call()
+    if call is None:
+        return True
+    files, override, tracking = call
+    names = ", ".join(Path(f).name for f in files)
+    content = ConfigParser.load_config_files(files)
+    for key in override:
+        parts = ReferenceResolver.split_id(key)
+        node: Any = content
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+                continue
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+                continue
+            if depth == 0 and tracking and part in _TRACKING_KEYS:
+                break
+            where = "::".join(parts[:depth]) or "the top level"
+            known = list(node) if isinstance(node, dict) else []
+            if last and depth > 0 and isinstance(node, dict) and "_target_" in node:
+                params = _parameters(node)
+                if params is None or part in params:
+                    break  # a new keyword argument of the component
+                raise UserInputError(
+                    f"{names}: override --{key}: {node['_target_']} at {where} takes no argument "
+                    f"'{part}'{_closest(part, params)}."
+                )
+            raise UserInputError(
+                f"{names}: override --{key} names no key '{part}' at {where}"
+                f"{_closest(part, [str(k) for k in known])}."
+            )
+    parser = ConfigParser()
+    parser.read_config(files)
+    parser.update(override)
+    for key in positive:
+        if key not in parser:
+            continue
+        value = parser[key]
+        if isinstance(value, str) and ConfigExpression.is_expression(value):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserInputError(
+                f"{names}: {key} must be a whole number of at least 1, got {value!r}."
+            )
+    parser.parse()
+    items = parser.ref_resolver.items
+    for where, item in items.items():
+        config = item.get_config()
+        if not isinstance(config, str):
+            continue
+        for ref in ReferenceResolver.match_refs_pattern(config):
+            if ref not in items and not ref.startswith("_meta_"):
+                raise UserInputError(
+                    f"{names}: '{where}' refers to '@{ref}', which the config does not define"
+                    f"{_closest(ref, list(items))}."
+                )
+    return True

@@ -75,7 +75,18 @@ def load_volume(path: str | Path, expect_ndim: int = 3) -> tuple[np.ndarray, np.
         raise UserInputError(
             f"{path} has {data.ndim} dimensions {data.shape}: expected a {expect_ndim}-D volume."
         )
+    check_finite_volume(data, path)
     return data, img.affine
+
+
+def check_finite_volume(data: np.ndarray | torch.Tensor, path: str | Path) -> None:
+    """One sentence naming ``path`` and the count when ``data`` holds NaN or infinite voxels."""
+    finite = torch.isfinite(data) if isinstance(data, torch.Tensor) else np.isfinite(data)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise UserInputError(
+            f"{path} contains {bad} NaN or infinite voxels; clean the volume first."
+        )
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -229,6 +240,75 @@ def write_datalist(
     return path
 
 
+DATALIST_FORMAT = (
+    "a MONAI datalist JSON (.json) with 'training'/'validation'/'test' lists of "
+    '{"image": "x.nii.gz", "label": "x_seg.nii.gz", "domain": k} items (NIfTI .nii/.nii.gz)'
+)
+
+
+def read_datalist(path: str | Path, what: str = "datalist") -> dict[str, list]:
+    """The lists of a MONAI datalist JSON; one sentence naming ``what`` (the option or config key)
+    and the file for a missing file, a binary or non-JSON file, or a JSON that is not a datalist."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserInputError(f"{what} {p} does not exist: expected {DATALIST_FORMAT}.")
+    try:
+        lists = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        kind = "a binary file" if isinstance(err, UnicodeDecodeError) else "not valid JSON"
+        raise UserInputError(
+            f"{what} {p} is {kind} ({p.suffix or 'no extension'}): expected {DATALIST_FORMAT}."
+        ) from None
+    if not isinstance(lists, dict) or not any(isinstance(v, list) for v in lists.values()):
+        raise UserInputError(
+            f"{what} {p} holds a JSON {type(lists).__name__} without item lists: "
+            f"expected {DATALIST_FORMAT}."
+        )
+    return lists
+
+
+def datalist_items(
+    path: str | Path,
+    key: str,
+    keys: Sequence[str] = ("image", "label", "domain"),
+    what: str = "datalist",
+    required: bool = True,
+    base_dir: str | Path | None = None,
+) -> list[dict]:
+    """Items of list ``key`` of datalist ``path`` with paths joined to ``base_dir`` (default: the
+    JSON's folder), as ``monai.data.load_decathlon_datalist`` gives them.
+
+    Each item must be a mapping with ``keys``; one sentence names the file, the list, the item and
+    the missing key. ``required=False`` returns ``[]`` for an absent list.
+    """
+    p = Path(path)
+    lists = read_datalist(p, what)
+    if key not in lists:
+        if not required:
+            return []
+        have = ", ".join(sorted(lists)) or "none"
+        raise UserInputError(f"{what} {p} has no '{key}' list (it has: {have}).")
+    if not isinstance(lists[key], list):
+        raise UserInputError(f"{what} {p}: '{key}' is a {type(lists[key]).__name__}, not a list.")
+    out = []
+    for i, item in enumerate(lists[key]):
+        if not isinstance(item, dict):
+            raise UserInputError(f"{what} {p}: item {i} of '{key}' is not a mapping: {item!r}.")
+        missing = [k for k in keys if k not in item]
+        if missing:
+            raise UserInputError(
+                f"{what} {p}: item {i} of '{key}' has no '{missing[0]}' key "
+                f"(expected {', '.join(keys)})."
+            )
+        item = dict(item)
+        root = Path(base_dir) if base_dir is not None else p.parent
+        for k in ("image", "label"):
+            if isinstance(item.get(k), str):
+                item[k] = str(root / item[k])
+        out.append(item)
+    return out
+
+
 def validate_datalist(
     items: Sequence[dict], domain_classes: Sequence[int], base_dir: str | Path = "."
 ) -> list[dict]:
@@ -242,7 +322,12 @@ def validate_datalist(
             raise UserInputError(
                 f"datalist item {item} has no 'domain' key: expected an integer domain id."
             )
-        d = int(item["domain"])
+        try:
+            d = int(item["domain"])
+        except (TypeError, ValueError):
+            raise UserInputError(
+                f"domain {item['domain']!r} of {item.get('image')} is not an integer domain id."
+            ) from None
         if not 0 <= d < k:
             raise UserInputError(
                 f"domain id {d} of {item.get('image')} is out of range: expected [0, {k - 1}]."

@@ -13,24 +13,26 @@ overlays. Domains: MNI152 tissue (nilearn) and Colin27 subcortical structures (D
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import time
 import warnings
-from dataclasses import asdict, replace
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import torch
 
+from monai_ext.multidomain.config import ABLATIONS, CONFIGS, TEST_BN, Settings
 from plugins.errors import UserInputError
+from plugins.options import Option, OptionSet, config_from_options, options_from_dataclass
+from plugins.progress import phase
 from plugins.reporting import RunContext
 
 METHOD = "md_supcon"
 
 
 # -- data ---------------------------------------------------------------------------------------
-def _embedded(with_colin: bool) -> tuple[list[dict], str]:
+def _embedded(with_colin: bool, size: int) -> tuple[list[dict], str]:
     from monai_ext.multidomain import data
 
     doms = [data.mni_tissue()]
@@ -45,54 +47,57 @@ def _embedded(with_colin: bool) -> tuple[list[dict], str]:
             note += f"; mricron-data absent (install: {data.MRICRON_HINT})"
     out = []
     for d in doms:
-        sl = data.domain_slices(d, size=_SIZE)
+        sl = data.domain_slices(d, size=size)
         sl.update(name=d.name, classes=d.classes)
         out.append(sl)
     return out, note
 
 
-_SIZE = 64
+def _from_datalist(path: str, size: int) -> tuple[list[dict], str]:
+    """Slices from a MONAI datalist (``training``/``test`` lists of ``{"image","label","domain"}``).
 
-
-def _from_datalist(path: str) -> tuple[list[dict], str]:
-    """Slices from a MONAI datalist (``training``/``test`` lists of ``{"image","label","domain"}``)."""
+    Anything else (a NIfTI, an ``.npz``, a binary or non-JSON file) is one sentence saying what
+    ``--data`` accepts; a volume with NaN/inf voxels is one sentence with the file and the count.
+    """
     import torch.nn.functional as F
 
-    from monai_ext.multidomain.data import load_volume
+    from monai_ext.multidomain.data import datalist_items, load_volume
 
-    p = Path(path)
-    if not p.is_file():
-        raise UserInputError(f"--data {path} is not a file: expected a MONAI datalist JSON.")
-    lists = json.loads(p.read_text())
+    lists = {key: datalist_items(path, key, what="--data") for key in ("training", "test")}
     per: dict[int, dict[str, list]] = {}
     for role, key in (("train", "training"), ("test", "test")):
-        for slab, item in enumerate(lists.get(key, [])):
-            img, aff = load_volume(p.parent / item["image"])
-            lab, _ = load_volume(p.parent / item["label"])
+        for slab, item in enumerate(lists[key]):
+            img, aff = load_volume(item["image"])
+            lab, _ = load_volume(item["label"])
             x = F.interpolate(
                 torch.from_numpy(np.moveaxis(img, 2, 0))[:, None],
-                size=(_SIZE, _SIZE),
+                size=(size, size),
                 mode="bilinear",
             )
             y = F.interpolate(
                 torch.from_numpy(np.moveaxis(lab, 2, 0))[:, None],
-                size=(_SIZE, _SIZE),
+                size=(size, size),
                 mode="nearest",
             )
             lo, hi = float(x.min()), float(x.max())
             d = per.setdefault(
-                int(item["domain"]), {"image": [], "label": [], "role": [], "slab": [], "sp": []}
+                _domain_id(item, path), {"image": [], "label": [], "role": [], "slab": [], "sp": []}
             )
             d["image"].append((x - lo) / max(hi - lo, 1e-6))
             d["label"].append(y.long())
             d["role"] += [role] * len(x)
             d["slab"] += [slab + (0 if role == "train" else 10_000)] * len(x)
             sp = np.sqrt((aff[:3, :3] ** 2).sum(0))
-            d["sp"].append([sp[0] * img.shape[0] / _SIZE, sp[1] * img.shape[1] / _SIZE, sp[2]])
+            d["sp"].append([sp[0] * img.shape[0] / size, sp[1] * img.shape[1] / size, sp[2]])
     if sorted(per) != list(range(len(per))) or not per:
         raise UserInputError(
             f"{path}: domain ids must be 0..K-1 with training items, got {sorted(per)}."
         )
+    for k, d in per.items():
+        if "train" not in d["role"] or "test" not in d["role"]:
+            raise UserInputError(
+                f"--data {path}: domain {k} needs items in both 'training' and 'test'."
+            )
     out = []
     for k in range(len(per)):
         d = per[k]
@@ -109,6 +114,15 @@ def _from_datalist(path: str) -> tuple[list[dict], str]:
             }
         )
     return out, f"datalist {path}"
+
+
+def _domain_id(item: dict, path: str) -> int:
+    try:
+        return int(item["domain"])
+    except (TypeError, ValueError):
+        raise UserInputError(
+            f"--data {path}: domain {item['domain']!r} of {item['image']} is not an integer id."
+        ) from None
 
 
 # -- one experiment -------------------------------------------------------------------------------
@@ -135,7 +149,11 @@ def _fit_and_score(
     device: torch.device,
     seed: int,
     progress: bool,
+    checkpointer: Any = None,
 ) -> dict:
+    """Train ``config`` (one network, or one per domain for ``per_domain``) and score its test slabs.
+
+    ``checkpointer`` (a single-network config only) saves and resumes the training loop."""
     from monai_ext.multidomain.train import (
         adapt_bn_statistics,
         build,
@@ -150,49 +168,61 @@ def _fit_and_score(
         if config == "per_domain"
         else [list(range(len(domains)))]
     )
+    if checkpointer is not None and len(groups) > 1:
+        raise ValueError(f"{config} trains {len(groups)} networks; checkpoint one at a time")
     result: dict[str, Any] = {"scores": {}, "pred": {}, "emb": {}, "loss": [], "nets": []}
     for group in groups:
         torch.manual_seed(seed)
         net, loss_fn = build(config, [classes[k] for k in group], s)
         hist = train(
-            net, loss_fn, [pools[k] for k in group], s, device, seed, progress, desc=config
+            net,
+            loss_fn,
+            [pools[k] for k in group],
+            s,
+            device,
+            seed,
+            progress,
+            desc=config,
+            checkpointer=checkpointer,
         )
         result["loss"].append(hist)
         result["nets"].append(net)
-        for local, k in enumerate(group):
-            d = domains[k]
-            te = np.nonzero(d["role"] == "test")[0]
-            scored = (
-                adapt_bn_statistics(net, d["image"][te], local, device)
-                if s.test_bn == "adapt"
-                else net
-            )
-            pred, emb = predict(scored, d["image"][te], local, device)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                result["scores"][k] = surface_scores(
-                    pred, d["label"][te], d["slab"][te], classes[k], d["spacing"]
+        names = ", ".join(domains[k]["name"] for k in group)
+        with phase(f"{config}: Dice/HD95/ASSD on the test slabs of {names}", show=progress):
+            for local, k in enumerate(group):
+                d = domains[k]
+                te = np.nonzero(d["role"] == "test")[0]
+                scored = (
+                    adapt_bn_statistics(net, d["image"][te], local, device)
+                    if s.test_bn == "adapt"
+                    else net
                 )
-            result["pred"][k], result["emb"][k] = pred, emb
+                pred, emb = predict(scored, d["image"][te], local, device)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    result["scores"][k] = surface_scores(
+                        pred, d["label"][te], d["slab"][te], classes[k], d["spacing"]
+                    )
+                result["pred"][k], result["emb"][k] = pred, emb
     return result
 
 
-def _settings(ctx: RunContext, demo_steps: int, full_steps: int) -> Any:
-    from monai_ext.multidomain.train import TEST_BN, Settings
+def _declare(ctx: RunContext, command: str) -> None:
+    """Library callers that build a :class:`RunContext` without an option set get this command's
+    declared options (typed values, declared defaults), as the CLI gives them."""
+    if ctx.option_set is None:
+        ctx.option_set = OPTIONS[command]
+        ctx.options = ctx.option_set.parse(ctx.options, command, ctx.method)
 
-    steps = ctx.epochs if ctx.epochs else (demo_steps if ctx.demo else full_steps)
-    s = Settings(steps=int(ctx.option("steps", steps)))
-    keys = ("lam", "temperature", "margin", "lr", "samples_per_domain", "augment_copies", "test_bn")
-    for key in keys:
-        if ctx.option(key) is not None:
-            s = replace(s, **{key: type(getattr(s, key))(ctx.option(key))})
-    if s.test_bn not in TEST_BN:
-        raise UserInputError(f"test_bn must be one of {', '.join(TEST_BN)}, got {s.test_bn!r}.")
-    if ctx.option("features") is not None:  # BasicUNet widths, e.g. --set features=8,8,16,32,64,32
-        features = tuple(int(f) for f in ctx.option_list("features"))
-        if len(features) != 6:
-            raise UserInputError(f"features must be 6 BasicUNet widths, got {features}.")
-        s = replace(s, features=features)
+
+def _settings(ctx: RunContext) -> Settings:
+    """:class:`Settings` from the declared options; ``--epochs`` sets ``steps`` unless
+    ``--set steps`` is given."""
+    s = config_from_options(ctx, Settings, **({"steps": ctx.epochs} if ctx.epochs else {}))
+    if s.size % 16:
+        raise UserInputError(
+            f"--set size={s.size}: expected a multiple of 16 (the U-Net halves it four times)."
+        )
     return s
 
 
@@ -254,11 +284,14 @@ def _save_checkpoint(ctx: RunContext, net: torch.nn.Module, domains: list[dict],
 def _threads(ctx: RunContext) -> Any:
     """Small convolutions: one thread is ~5x faster than OpenMP threads spinning on a shared CPU.
     ``--set threads=N`` or the command's ``--threads`` override; restored when the run ends."""
-    return ctx.cpu_threads(int(ctx.option("threads", 1)) if ctx.device.type == "cpu" else None)
+    return ctx.cpu_threads(int(ctx.option("threads")) if ctx.device.type == "cpu" else None)
 
 
 def run(ctx: RunContext) -> dict[str, float]:
-    """Train the multi-domain model with SupCon regularisation; write metrics, checkpoint, plots."""
+    """Train the multi-domain model with SupCon regularisation; write metrics, checkpoint, plots.
+
+    ``last.ckpt`` is written periodically (``--checkpoint-every``) and ``--resume`` continues it."""
+    _declare(ctx, "run")
     with _threads(ctx):
         return _run(ctx)
 
@@ -267,21 +300,29 @@ def _run(ctx: RunContext) -> dict[str, float]:
     """:func:`run`'s body, with the CPU threads pinned."""
     from plugins.metrics import spectrum
 
+    s = _settings(ctx)
+    fraction = float(ctx.option("label_fraction"))
     torch.manual_seed(ctx.seed)
     domains, note = (
-        _from_datalist(ctx.data)
+        _from_datalist(ctx.data, s.size)
         if ctx.data
-        else _embedded(with_colin=bool(ctx.option("colin", False)))
+        else _embedded(with_colin=bool(ctx.option("colin")), size=s.size)
     )
-    s = _settings(ctx, demo_steps=25, full_steps=300)
-    if ctx.demo:
-        s = replace(s, augment_copies=1)
     ctx.run_dir.save_config(
-        {"method": ctx.method, "data": note, "seed": ctx.seed, "config": METHOD, **asdict(s)}
+        {
+            "method": ctx.method,
+            "data": note,
+            "seed": ctx.seed,
+            "config": METHOD,
+            "label_fraction": fraction,
+            **asdict(s),
+        }
     )
     t0 = time.time()
-    pools = _pools(domains, float(ctx.option("label_fraction", 1.0)), s, ctx.seed)
-    res = _fit_and_score(METHOD, domains, pools, s, ctx.device, ctx.seed, ctx.progress)
+    pools = _pools(domains, fraction, s, ctx.seed)
+    res = _fit_and_score(
+        METHOD, domains, pools, s, ctx.device, ctx.seed, ctx.progress, ctx.checkpointer()
+    )
     metrics = _headline(res["scores"])
     metrics["train_seconds"] = time.time() - t0
     metrics["final_loss"] = res["loss"][0][-1]
@@ -325,6 +366,7 @@ def _label_fraction_curve(run_dir: Any, summary: list[dict], counts: dict[float,
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Baselines and the method over label fractions and seeds (see :func:`_reproduce`)."""
+    _declare(ctx, "reproduce")
     with _threads(ctx):
         return _reproduce(ctx)
 
@@ -340,26 +382,29 @@ def _reproduce(ctx: RunContext) -> dict[str, Any]:
     ``metrics_per_seed.json``, ``label_fraction_curve.png``, ``loss.png`` and ``overlay.png``
     (first seed, smallest fraction).
     """
-    from monai_ext.multidomain.train import ABLATIONS, CONFIGS, label_subset
+    from monai_ext.multidomain.train import label_subset
 
+    given = ctx.option("fractions")
     fractions = sorted(
-        {float(f) for f in ctx.option_list("fractions", [1.0, ctx.option("small_fraction", 0.1)])},
+        {float(f) for f in (given if given is not None else [1.0, ctx.option("small_fraction")])},
         reverse=True,
     )
     if not fractions or not all(0 < f <= 1 for f in fractions):
         raise UserInputError(f"fractions must lie in (0, 1], got {fractions}.")
-    seeds = [ctx.seed + i for i in range(int(ctx.option("seeds", 1)))]
-    if not seeds:
-        raise UserInputError("seeds must be >= 1.")
-    configs = [str(c) for c in ctx.option_list("configs", CONFIGS)]
+    seeds = [ctx.seed + i for i in range(int(ctx.option("seeds")))]
+    configs = [str(c) for c in ctx.option_list("configs")]
     unknown = [c for c in configs if c not in CONFIGS + ABLATIONS]
     if unknown or not configs:
         raise UserInputError(
             f"configs must be a comma list of {', '.join(CONFIGS + ABLATIONS)}; got {configs}."
         )
+    s = _settings(ctx)
     torch.manual_seed(ctx.seed)
-    domains, note = _from_datalist(ctx.data) if ctx.data else _embedded(with_colin=True)
-    s = _settings(ctx, demo_steps=10, full_steps=300)
+    domains, note = (
+        _from_datalist(ctx.data, s.size)
+        if ctx.data
+        else _embedded(with_colin=bool(ctx.option("colin")), size=s.size)
+    )
     n_train = [int((d["role"] == "train").sum()) for d in domains]
     counts = {
         f: "/".join(str(len(label_subset(n, f, 0))) for n in n_train) for f in fractions
@@ -463,3 +508,100 @@ def _reproduce(ctx: RunContext) -> dict[str, Any]:
         metrics[f"dice_mean_std/{r['config']}@{r['fraction']:g}"] = r["dice_mean_std"]
     ctx.run_dir.save_metrics(metrics)
     return metrics
+
+
+# -- declared --set options ---------------------------------------------------------------------
+_SETTINGS = OptionSet(
+    options_from_dataclass(
+        Settings,
+        help={
+            "size": "side of the resized 2-D slices (a multiple of 16)",
+            "features": "the six BasicUNet widths (the last feeds every domain's head)",
+            "embedding_dim": "size of the regulariser's bottleneck embedding",
+            "embedding_hidden": "hidden width of the embedding MLP",
+            "steps": "Adam steps (--epochs sets it too)",
+            "samples_per_domain": "slices of every domain in each batch",
+            "lr": "Adam learning rate",
+            "lam": "weight of the domain regulariser (paper 0.1)",
+            "temperature": "SupCon temperature (paper 0.1)",
+            "margin": "margin of the margin regulariser (paper 1.0)",
+            "augment_copies": "MONAI-augmented copies of each annotated training slice",
+            "test_bn": "BN statistics when scoring: running (paper) or adapt (AdaBN on test slices)",
+        },
+        ranges={
+            "size": (16, None),
+            "features": (1, None),
+            "embedding_dim": (1, None),
+            "embedding_hidden": (1, None),
+            "steps": (1, None),
+            "samples_per_domain": (1, None),
+            "lr": (0, None),
+            "lam": (0, None),
+            "temperature": (1e-4, None),
+            "margin": (0, None),
+            "augment_copies": (0, None),
+        },
+        choices={"test_bn": TEST_BN},
+        demo_defaults={"steps": 25, "augment_copies": 1},
+    )
+).replace("features", length=6)
+_THREADS = Option(
+    "threads", "int", 1, "torch CPU threads on a CPU device (the command's --threads wins)", low=1
+)
+_COLIN = Option(
+    "colin",
+    "bool",
+    False,
+    "second domain: Colin27/AAL subcortical structures (Debian mricron-data) instead of the "
+    "MNI152 coronal brain mask",
+)
+OPTIONS = {
+    "run": OptionSet(
+        _SETTINGS.values(),
+        _THREADS,
+        _COLIN,
+        Option(
+            "label_fraction",
+            "float",
+            1.0,
+            "annotated fraction of each domain's training slices (at least 2 slices)",
+            low=0,
+            high=1,
+        ),
+    ),
+    "reproduce": OptionSet(
+        _SETTINGS.replace("steps", demo_default=None)
+        .replace("augment_copies", demo_default=None)
+        .values(),
+        _THREADS,
+        dataclasses.replace(_COLIN, default=True),
+        Option(
+            "fractions",
+            "float",
+            None,
+            "label fractions of the curve",
+            many=True,
+            nullable=True,
+            low=0,
+            high=1,
+            default_doc="1.0,<small_fraction>",
+        ),
+        Option(
+            "small_fraction",
+            "float",
+            0.1,
+            "the small label fraction of the default curve",
+            low=0,
+            high=1,
+        ),
+        Option("seeds", "int", 1, "how many seeds, counted from --seed", low=1),
+        Option(
+            "configs",
+            "str",
+            list(CONFIGS),
+            "rows of the table (md_shared_bn: ablation with one shared BN)",
+            many=True,
+            choices=CONFIGS + ABLATIONS,
+        ),
+    ),
+}

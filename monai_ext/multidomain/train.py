@@ -11,46 +11,31 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
-from tqdm.auto import tqdm
 
 from monai_ext.dsbn import DomainSpecificBatchNorm
-from monai_ext.multidomain.config import MultiDomainConfig
+from monai_ext.multidomain.config import ABLATIONS, CONFIGS, TEST_BN, Settings
 from monai_ext.multidomain.loss import MultiDomainLoss
 from monai_ext.multidomain.model import MultiDomainUNet
+from plugins.progress import progress_bar
 
-_C = MultiDomainConfig()
-CONFIGS = ("per_domain", "joint", "md", "md_supcon", "md_margin")
-# opt-in ablation (``--set configs=...``): the multi-domain model with one shared BN, per-domain heads
-ABLATIONS = ("md_shared_bn",)
-# BN statistics used at test time (Settings.test_bn)
-TEST_BN = ("running", "adapt")
-
-
-@dataclass
-class Settings:
-    """CPU-sized settings of the reduced reproduction (deviations from the paper, see docs)."""
-
-    size: int = 64
-    # the last width feeds every domain's head: at 8 the shared model lost the small Colin
-    # structures (mean Dice 0.563 vs 0.694 per-domain at 10% labels), at 32 it did not
-    features: tuple[int, ...] = (8, 8, 16, 32, 64, 32)
-    embedding_dim: int = 32
-    embedding_hidden: int = 64
-    steps: int = 300
-    samples_per_domain: int = 4
-    lr: float = _C.lr  # Adam
-    lam: float = _C.lam
-    temperature: float = _C.temperature
-    margin: float = _C.margin
-    augment_copies: int = 2
-    # "running": BN statistics from training, as in the paper; "adapt": re-estimated on each
-    # domain's test slices before scoring (AdaBN, see adapt_bn_statistics), for every config
-    test_bn: str = "running"
+__all__ = [
+    "ABLATIONS",
+    "CONFIGS",
+    "TEST_BN",
+    "Settings",
+    "adapt_bn_statistics",
+    "augment_pool",
+    "build",
+    "label_subset",
+    "predict",
+    "surface_scores",
+    "train",
+]
 
 
 def label_subset(n: int, fraction: float, seed: int) -> np.ndarray:
@@ -126,6 +111,20 @@ def build(
     return net, MultiDomainLoss(domain_classes, reg, s.lam, s.temperature, s.margin)
 
 
+class _NumpyGenerator:
+    """A numpy ``Generator`` seen through ``state_dict``/``load_state_dict`` (plain types only), so
+    that :class:`plugins.checkpoint.Checkpointer` saves and restores the batch draws in place."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.rng.bit_generator.state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state
+
+
 def train(
     net: MultiDomainUNet,
     loss_fn: MultiDomainLoss,
@@ -135,24 +134,41 @@ def train(
     seed: int = 0,
     progress: bool = False,
     desc: str = "train",
+    checkpointer: Any = None,
 ) -> list[float]:
-    """``s.steps`` Adam steps on batches holding ``samples_per_domain`` slices of every domain."""
+    """``s.steps`` Adam steps on batches holding ``samples_per_domain`` slices of every domain.
+
+    Args:
+        checkpointer: a :class:`plugins.checkpoint.Checkpointer`: ``last.ckpt`` is written when due
+            (network, Adam state, the batch generator, the loss history) and a ``--resume`` file is
+            restored first, so an interrupted run continues to the same final parameters.
+
+    Returns:
+        the loss of every step.
+    """
     net.to(device).train()
     opt = torch.optim.Adam(net.parameters(), lr=s.lr)
-    rng = np.random.default_rng(seed)
+    rng = _NumpyGenerator(np.random.default_rng(seed))
     k = len(pools)
     domain = torch.arange(k, device=device).repeat_interleave(s.samples_per_domain)
-    history = []
-    for _ in tqdm(range(s.steps), disable=not progress, desc=desc, leave=False):
-        picks = [rng.integers(0, len(p[0]), s.samples_per_domain) for p in pools]
-        x = torch.cat([p[0][i] for p, i in zip(pools, picks, strict=True)]).to(device)
-        y = torch.cat([p[1][i] for p, i in zip(pools, picks, strict=True)]).to(device)
-        logits, emb = net.forward_multi(x, domain, union=net.shared_head)
-        loss, _ = loss_fn(logits, y, domain, emb, model=net)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        history.append(float(loss.detach()))
+    history: list[float] = []
+    state = {"model": net, "opt": opt, "rng": rng, "history": history}
+    start = checkpointer.restore(s.steps, **state) if checkpointer else 0
+    with progress_bar(total=s.steps, initial=start, desc=desc, show=progress) as bar:
+        for step in range(start, s.steps):
+            picks = [rng.rng.integers(0, len(p[0]), s.samples_per_domain) for p in pools]
+            x = torch.cat([p[0][i] for p, i in zip(pools, picks, strict=True)]).to(device)
+            y = torch.cat([p[1][i] for p, i in zip(pools, picks, strict=True)]).to(device)
+            logits, emb = net.forward_multi(x, domain, union=net.shared_head)
+            loss, _ = loss_fn(logits, y, domain, emb, model=net)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            history.append(float(loss.detach()))
+            bar.update()
+            bar.set_postfix(loss=f"{history[-1]:.4f}", refresh=False)
+            if checkpointer:
+                checkpointer.step(step + 1, **state)
     return history
 
 

@@ -2,24 +2,55 @@
 
 Stage 1 needs an ``iteration_update`` for ``SupervisedTrainer`` (two views per image, projection,
 SupCon); inference writes class probabilities with a small handler that adds a header row.
+
+Bad input is one sentence, not a traceback:
+
+* :func:`check_config` (the first ``initialize`` expression of each config) checks every setting
+  and names the config file and the key (``configs/train_stage2.yaml: max_epochs must be ...``);
+  :func:`check_checkpoint` and :func:`check_classes` do the same for checkpoints and data.
+* :class:`ReadImaged` (MONAI's ``LoadImaged``) names a truncated or unreadable image file, and a
+  floating-point image with NaN/inf pixels with their count.
+* Under ``python -m monai.bundle`` an uncaught error caused by such a :class:`UserInputError` is
+  printed as one line (``supercon_skin: error: ...``; exit status 1) instead of MONAI's traceback;
+  Python callers (``monai.bundle.run(...)``) get the exception, see :func:`user_error`.
+
+:class:`FinalValidationHandler` validates at the last epoch too, so stage 2 always saves a model,
+whatever ``max_epochs`` and ``val_interval`` are.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from monai.engines.utils import IterationEvents
+from monai.handlers import ValidationHandler
+from monai.transforms import LoadImaged
 from monai.utils import CommonKeys as Keys
 
+from monai_ext.bundle_errors import install_one_line_errors, user_error
 from monai_ext.supercon.augment import AsymmetricViews
 from monai_ext.supercon.config import SuperConConfig
-from monai_ext.supercon.data import IMAGE_SUFFIXES, class_balanced_sampler
+from monai_ext.supercon.data import IMAGE_SUFFIXES, _reason, class_balanced_sampler
+from plugins.errors import UserInputError
+from plugins.options import parse_bool
 
-__all__ = ["Stage1Step", "ProbabilityCSV", "bundle_dir", "make_sampler", "image_items"]
+__all__ = [
+    "Stage1Step",
+    "ProbabilityCSV",
+    "ReadImaged",
+    "FinalValidationHandler",
+    "bundle_dir",
+    "make_sampler",
+    "image_items",
+    "check_config",
+    "check_classes",
+    "check_checkpoint",
+    "user_error",
+]
 
 
 def bundle_dir() -> Path:
@@ -29,7 +60,7 @@ def bundle_dir() -> Path:
 
 def make_sampler(items: Sequence[dict], balanced: bool, seed: int = 0) -> Any:
     """Class-balanced sampler for a datalist, or ``None`` (plain shuffling)."""
-    if not balanced:
+    if not parse_bool(balanced):
         return None
     return class_balanced_sampler([int(i["label"]) for i in items], seed=seed)
 
@@ -43,9 +74,9 @@ def image_items(folder: str | Path) -> list[dict]:
         p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
     )
     if not files:
-        from plugins.errors import UserInputError
-
-        raise UserInputError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}.")
+        raise UserInputError(
+            f"image_dir {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})."
+        )
     return [{"image": str(p)} for p in files]
 
 
@@ -64,7 +95,7 @@ class Stage1Step:
     """
 
     def __init__(self, image_size: int, symmetric: bool = False):
-        self.views = AsymmetricViews(image_size, SuperConConfig(), symmetric=symmetric)
+        self.views = AsymmetricViews(image_size, SuperConConfig(), symmetric=parse_bool(symmetric))
 
     def __call__(self, engine: Any, batch: dict) -> dict:
         device = engine.state.device
@@ -122,8 +153,219 @@ class ProbabilityCSV:
             self.rows.append([str(name), *(f"{v:.6f}" for v in pred.tolist())])
 
     def _write(self, engine: Any) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["image", *self.classes])
-            w.writerows(self.rows)
+        from plugins.reporting import atomic_write_bytes
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["image", *self.classes])
+                w.writerows(self.rows)
+
+        atomic_write_bytes(self.path, write)  # a temporary name, renamed once complete
+
+
+class ReadImaged(LoadImaged):
+    """MONAI's ``LoadImaged`` whose failures are one sentence naming the file.
+
+    A truncated, corrupt or unreadable image raises :class:`UserInputError` ("image X is truncated
+    or unreadable (...)") instead of MONAI's chained transform traceback, and an image with NaN or
+    infinite values (a floating-point TIFF) names the file and the count. Same arguments as
+    ``LoadImaged``.
+    """
+
+    def __repr__(self) -> str:  # MONAI's "applying transform ..." log line shows it
+        return f"ReadImaged(keys={list(self.keys)})"
+
+    def __call__(self, data: Mapping, reader: Any = None) -> dict:
+        names = {key: data[key] for key in self.key_iterator(dict(data))}
+        try:
+            out = super().__call__(data, reader)
+        except Exception as e:
+            name = ", ".join(str(v) for v in names.values())
+            raise UserInputError(
+                f"image {name} is truncated or unreadable ({_reason(e)})."
+            ) from None
+        for key, name in names.items():
+            x = torch.as_tensor(out[key])
+            if x.is_floating_point():
+                bad = int((~torch.isfinite(x)).sum())
+                if bad:
+                    raise UserInputError(
+                        f"image {name} contains {bad} NaN or infinite values; clean the data first."
+                    )
+        return out
+
+
+class FinalValidationHandler(ValidationHandler):
+    """MONAI's ``ValidationHandler`` (every ``interval`` epochs) that also validates at the last
+    epoch, so a checkpoint saver keyed on the validation metric always saves a model, e.g. with
+    ``max_epochs`` 1 and ``val_interval`` 5."""
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        super().attach(engine)
+        if self.epoch_level:
+            engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=self._last_only), self)
+
+    def _last_only(self, engine: Any, epoch: int) -> bool:
+        return epoch == engine.state.max_epochs and epoch % self.interval != 0
+
+
+# -- one-sentence configuration errors -------------------------------------------------------------
+def _integer(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        return None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+# key -> (kind, low, high); bounds inclusive
+_RULES: dict[str, tuple[str, float | None, float | None]] = {
+    "max_epochs": ("int", 1, None),
+    "batch_size": ("int", 1, None),
+    "image_size": ("int", 8, None),
+    "num_classes": ("int", 2, None),
+    "val_interval": ("int", 1, None),
+    "patience": ("int", 1, None),
+    "seed": ("int", 0, None),
+    "lr": ("float", 0, None),
+    "momentum": ("float", 0, 1),
+    "weight_decay": ("float", 0, None),
+    "temperature": ("float", 1e-4, None),
+    "base_temperature": ("float", 1e-4, None),
+    "val_fraction": ("float", 0.01, 0.99),
+    "cache_rate": ("float", 0, 1),
+    "balanced": ("bool", None, None),
+    "symmetric": ("bool", None, None),
+    "task": ("choice", None, None),
+    "encoder_mode": ("choice", None, None),
+    "arch": ("arch", None, None),
+    "data_dir": ("path", None, None),
+    "image_dir": ("path", None, None),
+}
+_CHOICES = {"task": ("melanoma", "multiclass"), "encoder_mode": ("eval", "train")}
+
+
+def _problem(key: str, value: Any, low: float | None = None) -> str | None:
+    """What is wrong with ``value`` for ``key`` (``None``: nothing)."""
+    from monai_ext.supercon.model import ARCH_HELP, known_arch
+
+    kind, lo, hi = _RULES[key]
+    lo = lo if low is None else low
+    if kind in ("int", "float"):
+        x = _integer(value) if kind == "int" else _number(value)
+        noun = "an integer" if kind == "int" else "a number"
+        if lo is not None and hi is not None:
+            expected = f"{noun} from {lo:g} to {hi:g}"
+        elif lo is not None:
+            expected = f"{noun} of at least {lo:g}"
+        else:
+            expected = noun
+        if x is None or x != x or (lo is not None and x < lo) or (hi is not None and x > hi):
+            return f"must be {expected}"
+    elif kind == "bool":
+        try:
+            parse_bool(value)
+        except ValueError:
+            return "must be true or false"
+    elif kind == "choice":
+        if value not in _CHOICES[key]:
+            return f"must be one of {', '.join(_CHOICES[key])}"
+    elif kind == "arch":
+        if not isinstance(value, str) or not known_arch(value):
+            return f"must be {ARCH_HELP}"
+    elif kind == "path" and not Path(str(value)).exists():
+        return "does not exist"
+    return None
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def check_config(
+    file: str, values: Mapping[str, Any], at_least: Mapping[str, float] | None = None
+) -> bool:
+    """Check a bundle config's settings before any work; the first problem is one sentence naming
+    the config ``file`` and the key: ``configs/train_stage1.yaml: max_epochs must be an integer
+    of at least 1, got 0 (set it in the file or with --max_epochs).``
+
+    Args:
+        file: the config file, as the message should name it.
+        values: key -> resolved value (``@key`` references in the config).
+        at_least: tighter lower bounds for this file (stage 1 needs ``batch_size`` >= 2).
+
+    Returns ``True`` (so the config can keep the result).
+    """
+    at_least = dict(at_least or {})
+    for key, value in values.items():
+        if key == "class_names":
+            n = _integer(values.get("num_classes"))
+            if not isinstance(value, list | tuple) or (n is not None and len(value) != n):
+                raise UserInputError(
+                    f"{file}: class_names must list num_classes ({values.get('num_classes')}) "
+                    f"names, got {value!r} (set it in the file or with --class_names)."
+                )
+            continue
+        if key not in _RULES:
+            continue
+        problem = _problem(key, value, at_least.get(key))
+        if problem:
+            raise UserInputError(
+                f"{file}: {key} {problem}, got {_show(value)} (set it in the file or with --{key})."
+            )
+    return True
+
+
+def check_classes(file: str, num_classes: Any, classes: Sequence[str]) -> bool:
+    """``num_classes`` of the config ``file`` must match the classes found in the data."""
+    if _integer(num_classes) != len(classes):
+        raise UserInputError(
+            f"{file}: num_classes is {num_classes} but the data has {len(classes)} classes "
+            f"({', '.join(map(str, classes))}); pass --num_classes {len(classes)}."
+        )
+    return True
+
+
+def check_checkpoint(file: str, key: str, path: Any, network: torch.nn.Module) -> bool:
+    """The checkpoint at ``path`` (config ``file``'s ``key``) must exist, load safely and fit
+    ``network``; otherwise one sentence naming the file, the key and what to change."""
+    from plugins.checkpoint import load_checkpoint
+
+    if not Path(str(path)).is_file():
+        raise UserInputError(
+            f"{file}: {key} {path} does not exist (train the earlier stage first, or pass --{key})."
+        )
+    obj = load_checkpoint(path, what=f"{file}: {key}")
+    state = obj.get("model", obj)
+    own = network.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shaped = [k for k in own if k in state and getattr(state[k], "shape", None) != own[k].shape]
+    if missing or unexpected or shaped:
+        example = (shaped or missing or unexpected)[0]
+        raise UserInputError(
+            f"{file}: {key} {path} does not fit the network ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected and {len(shaped)} differently shaped tensors, e.g. "
+            f"{example}); pass the --arch and --num_classes it was trained with."
+        )
+    return True
+
+
+install_one_line_errors("supercon_skin")

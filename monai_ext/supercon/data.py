@@ -22,6 +22,7 @@ from plugins.errors import UserInputError
 __all__ = [
     "ImageTable",
     "read_image",
+    "check_finite_array",
     "file_hash",
     "load_isic_csv",
     "load_shared_isic",
@@ -52,16 +53,39 @@ class ImageTable:
 
 
 def read_image(path: str | Path, size: int, channels: int = 3) -> np.ndarray:
-    """One image as uint8 (C, size, size); an unreadable file raises an error naming it."""
-    from PIL import Image, UnidentifiedImageError
+    """One image as uint8 (C, size, size).
+
+    A truncated, corrupt or unreadable file, and a floating-point image (TIFF mode ``F``) with NaN
+    or infinite pixels, raise one :class:`UserInputError` sentence naming the file."""
+    from PIL import Image
 
     try:
         with Image.open(path) as im:
+            if im.mode == "F":  # float pixels: NaN/inf would silently become 0 in the conversion
+                check_finite_array(np.asarray(im), f"image {path}")
             im = im.convert("RGB" if channels == 3 else "L").resize((size, size), Image.BILINEAR)
             a = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserInputError(f"cannot read image {path}: {e}.") from None
+    except UserInputError:
+        raise
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for broken files
+        raise UserInputError(f"image {path} is truncated or unreadable ({_reason(e)}).") from None
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def _reason(e: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none), without a final dot."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text.rstrip(".")[:160]
+
+
+def check_finite_array(a: np.ndarray, what: str) -> None:
+    """One sentence with ``what`` (naming the file) and the count when ``a`` holds NaN or inf."""
+    if np.issubdtype(a.dtype, np.floating):
+        bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+        if bad:
+            raise UserInputError(
+                f"{what} contains {bad} NaN or infinite values; clean the data first."
+            )
 
 
 def file_hash(path: str | Path) -> str:
@@ -175,9 +199,16 @@ def load_table(path: str | Path, task: str = "melanoma") -> ImageTable:
     return load_class_folders(path)
 
 
-def load_images(table: ImageTable, size: int, channels: int = 3) -> torch.Tensor:
-    """All images of ``table`` as uint8 (N, C, size, size)."""
-    return torch.from_numpy(np.stack([read_image(p, size, channels) for p in table.paths]))
+def load_images(
+    table: ImageTable, size: int, channels: int = 3, progress: bool = False
+) -> torch.Tensor:
+    """All images of ``table`` as uint8 (N, C, size, size); a bad file is one sentence naming it
+    (see :func:`read_image`). ``progress`` shows the elapsed time (reading data does not count as
+    the start of a run, so a bad file leaves no run folder)."""
+    from plugins.progress import phase
+
+    with phase(f"reading {len(table)} images", show=progress):
+        return torch.from_numpy(np.stack([read_image(p, size, channels) for p in table.paths]))
 
 
 def _merge_groups(n: int, *keys: list[str] | None) -> np.ndarray:
@@ -225,7 +256,14 @@ def split_indices(
             f"only {len(np.unique(merged))} patient/duplicate groups; need at least {n_splits}."
         )
     skf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    train, test = next(skf.split(np.zeros(len(labels)), labels, merged))
+    try:
+        train, test = next(skf.split(np.zeros(len(labels)), labels, merged))
+    except ValueError as e:  # every class smaller than n_splits
+        counts = np.bincount(labels)
+        raise UserInputError(
+            f"too few images per class ({', '.join(map(str, counts[counts > 0]))}) to split off "
+            f"{test_fraction:.0%} stratified by class ({_reason(e)}); add images."
+        ) from None
     return np.sort(train), np.sort(test)
 
 

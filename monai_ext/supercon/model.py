@@ -14,7 +14,17 @@ from torch import nn
 from plugins.errors import UserInputError
 from plugins.heads import ProjectionHead
 
-__all__ = ["build_encoder", "SuperConNet"]
+__all__ = ["build_encoder", "known_arch", "SuperConNet"]
+
+ARCH_HELP = "resnet50, another torchvision resnet (resnet18, ...), small-resnet18, tiny or micro"
+
+
+def known_arch(arch: str) -> bool:
+    """Whether :func:`build_encoder` knows ``arch``."""
+    if arch in ("micro", "tiny"):
+        return True
+    name = arch.removeprefix("small-")
+    return name.startswith("resnet") and hasattr(torchvision.models, name)
 
 
 def build_encoder(arch: str = "resnet50", in_channels: int = 3) -> tuple[nn.Module, int]:
@@ -34,10 +44,8 @@ def build_encoder(arch: str = "resnet50", in_channels: int = 3) -> tuple[nn.Modu
         from plugins.methods.simclr import small_resnet
 
         return small_resnet(in_channels, arch.removeprefix("small-"))
-    if not arch.startswith("resnet") or not hasattr(torchvision.models, arch):
-        raise UserInputError(
-            f"unknown encoder arch '{arch}'; use 'resnet50', 'resnet18', 'small-resnet18', 'tiny' or 'micro'."
-        )
+    if not known_arch(arch):
+        raise UserInputError(f"unknown encoder arch '{arch}'; use {ARCH_HELP}.")
     net = getattr(torchvision.models, arch)(weights=None)
     if in_channels != 3:
         net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)

@@ -12,19 +12,27 @@ training split and at its natural ~19%, over several seeds; optional 8-class tas
 holds out a validation split (natural ratio, like the test split) on which every method's melanoma
 operating point is chosen (:func:`plugins.metrics.f1_optimal_threshold`); melanoma F1 is reported at
 the argmax and at that threshold.
+
+Both commands declare their ``--set`` keys in :data:`OPTIONS` (every SuperConConfig field except
+``stage1_epochs``, which is ``--epochs``, plus the run keys below); ``run supercon --help`` lists
+them. ``run`` writes ``last.ckpt`` periodically across both stages and resumes from it
+(``--resume``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import torch
 
+from monai_ext.supercon.config import SuperConConfig
 from plugins.errors import UserInputError
+from plugins.options import Option, OptionSet, config_from_options, options_from_dataclass
+from plugins.progress import phase
 from plugins.reporting import RunContext
 
 METHODS = ("ce", "weighted_ce", "focal", "supcon_sym", "supercon")
@@ -32,20 +40,12 @@ METHODS = ("ce", "weighted_ce", "focal", "supcon_sym", "supercon")
 # The paper's stage 2 (5 epochs, lr 5e-4) is ~1,300 SGD steps on ISIC 2020's 33k images; the reduced
 # runs here have ~10 steps per epoch, so they train the linear classifier longer and faster.
 REDUCED_STAGE2 = {"stage2_epochs": 60, "lr2": 0.05}
-
-
-def _config(ctx: RunContext, **defaults: Any):
-    from monai_ext.supercon.config import SuperConConfig
-
-    cfg = replace(SuperConConfig(), **defaults)
-    fields = asdict(cfg)
-    for key in fields:
-        if key in ctx.options:
-            value = ctx.options[key]
-            cfg = replace(
-                cfg, **{key: type(fields[key])(value) if fields[key] is not None else value}
-            )
-    return cfg
+# ``run`` on the embedded digits (8x8 images, upsampled): a small encoder at a small side
+EMBEDDED = {"arch": "micro", "image_size": 16}
+# ``reproduce`` on the shared ISIC images, on CPU
+REPRODUCE = {"arch": "micro", "image_size": 32, **REDUCED_STAGE2}
+# stage-1 epochs (``--epochs``): a --demo run, the embedded default, reproduce; user data: the paper's
+DEMO_EPOCHS, EMBEDDED_EPOCHS, REPRODUCE_EPOCHS = 3, 30, 8
 
 
 def fit(
@@ -59,32 +59,49 @@ def fit(
     seed: int,
     balanced: bool = False,
     progress: bool = False,
+    checkpointer: Any = None,
 ) -> tuple[Any, dict[str, list[float]]]:
-    """Train one of :data:`METHODS` from scratch; returns the network and its loss curves."""
+    """Train one of :data:`METHODS` from scratch; returns the network and its loss curves.
+
+    ``checkpointer`` (:meth:`RunContext.checkpointer`): stages ``("stage 1", "stage 2")`` for the
+    two-stage methods, one stage for the baselines; periodic ``last.ckpt`` and ``--resume``.
+    """
     from monai_ext.supercon import train as T
     from monai_ext.supercon.model import SuperConNet
+    from plugins.data import check_finite
 
     if method not in METHODS:
         raise UserInputError(f"method must be one of {METHODS}, got {method!r}.")
+    if images.is_floating_point():
+        check_finite(images, "the training image tensor")
     torch.manual_seed(seed)
     net = SuperConNet(num_classes, cfg.arch, images.shape[1], cfg.proj_dim).to(device)
     kw = dict(config=cfg, device=device, seed=seed, balanced=balanced, progress=progress)
+    ck = checkpointer
     if method in ("supcon_sym", "supercon"):
-        s1 = T.train_stage1(
-            net, images, labels, epochs=epochs, symmetric=method == "supcon_sym", **kw
-        )
-        s2 = T.train_stage2(net, images, labels, **kw)
-        return net, {"stage 1 (SupCon)": s1, "stage 2 (linear CE)": s2}
-    return net, {method: T.train_baseline(net, images, labels, method, epochs=epochs, **kw)}
+        curves: dict[str, list[float]] = {}
+        curves["stage 1 (SupCon)"] = T.train_stage1(
+            net, images, labels, epochs=epochs, symmetric=method == "supcon_sym",
+            checkpointer=ck.for_stage(ck.stages[0]) if ck else None, **kw,
+        )  # fmt: skip
+        # ``curves`` travels with stage 2's checkpoints: a run resumed there still has stage 1's
+        s2 = T.train_stage2(
+            net, images, labels, checkpointer=ck.for_stage(ck.stages[-1]) if ck else None,
+            history=curves, **kw,
+        )  # fmt: skip
+        return net, {**curves, "stage 2 (linear CE)": s2}
+    losses = T.train_baseline(net, images, labels, method, epochs=epochs, checkpointer=ck, **kw)
+    return net, {method: losses}
 
 
 # -- data ---------------------------------------------------------------------------------------
 def _val_fraction(ctx: RunContext) -> float:
-    """``--set val_fraction`` (default 0.15): the share of the training split held out to choose the
-    positive class's threshold; 0 turns the validation split off."""
-    value = float(ctx.option("val_fraction", 0.15))
-    if not 0 <= value < 0.5:
-        raise UserInputError(f"val_fraction must be in [0, 0.5), got {value}.")
+    """``--set val_fraction``: the share of the training split held out to choose the positive
+    class's threshold; 0 turns the validation split off. (Checked here too for Python callers
+    whose context declares no options.)"""
+    value = float(ctx.option("val_fraction"))
+    if not 0 <= value <= 0.5:
+        raise UserInputError(f"--set val_fraction={value}: expected 0 to 0.5.")
     return value
 
 
@@ -95,13 +112,12 @@ def _embedded(ctx: RunContext, size: int, val_fraction: float) -> dict[str, Any]
     from plugins.data import load_digits
 
     d = load_digits(size=size)
-    rare = int(ctx.option("rare_class", 0))
+    rare = int(ctx.option("rare_class"))
+    ratio = float(ctx.option("rare_ratio"))
     hashes = [hashlib.sha1(x.numpy().tobytes()).hexdigest() for x in d.images]
     tr, te = split_indices(d.labels.numpy(), None, hashes, 0.25, ctx.seed)
     tr, va = _hold_out(d.labels.numpy(), None, hashes, tr, val_fraction, ctx.seed)
-    tr = subsample_class(
-        tr, d.labels.numpy(), rare, float(ctx.option("rare_ratio", 0.02)), ctx.seed
-    )
+    tr = subsample_class(tr, d.labels.numpy(), rare, ratio, ctx.seed)
     return dict(
         images=d.images,
         labels=d.labels,
@@ -110,11 +126,13 @@ def _embedded(ctx: RunContext, size: int, val_fraction: float) -> dict[str, Any]
         val=va,
         test=te,
         positive=rare,
-        note=f"scikit-learn digits, class {rare} kept at 2% of the training split",
+        note=f"scikit-learn digits, class {rare} kept at {100 * ratio:g}% of the training split",
     )
 
 
-def _user(ctx: RunContext, size: int, task: str, val_fraction: float) -> dict[str, Any]:
+def _user(
+    ctx: RunContext, size: int, task: str, val_fraction: float, progress: bool = False
+) -> dict[str, Any]:
     from monai_ext.supercon.data import (
         check_classes_present,
         file_hash,
@@ -134,7 +152,7 @@ def _user(ctx: RunContext, size: int, task: str, val_fraction: float) -> dict[st
         table.classes.index("melanoma") if "melanoma" in table.classes else int(counts.argmin())
     )
     return dict(
-        images=load_images(table, size),
+        images=load_images(table, size, progress=progress),
         labels=torch.from_numpy(table.labels),
         classes=table.classes,
         train=tr,
@@ -225,35 +243,62 @@ def _plot_confusions(
 
 
 # -- commands -----------------------------------------------------------------------------------
+def _declared(ctx: RunContext, command: str) -> None:
+    """Give a context built without an option set (a Python caller) this command's, so that its
+    options are checked and every default comes from :data:`OPTIONS`."""
+    if ctx.option_set is None:
+        ctx.option_set = OPTIONS[command]
+        ctx.options = ctx.option_set.parse(ctx.options, command, "supercon")
+
+
+def _check_arch(arch: str) -> None:
+    from monai_ext.supercon.model import ARCH_HELP, known_arch
+
+    if not known_arch(arch):
+        raise UserInputError(f"--set arch={arch}: expected {ARCH_HELP}.")
+
+
+def _setup(ctx: RunContext) -> tuple[SuperConConfig, int, bool, dict[str, Any]]:
+    """``run``'s effective config (``stage1_epochs`` = the effective ``--epochs``), the balanced
+    flag and the data with its splits; every option is checked before the data are read."""
+    _declared(ctx, "run")
+    embedded = ctx.data is None
+    base: dict[str, Any] = dict(EMBEDDED) if embedded else {}
+    if ctx.demo or embedded:
+        base.update(REDUCED_STAGE2)
+    epochs = ctx.epochs or (
+        DEMO_EPOCHS if ctx.demo else (EMBEDDED_EPOCHS if embedded else SuperConConfig.stage1_epochs)
+    )
+    cfg = config_from_options(
+        ctx, SuperConConfig, exclude=("stage1_epochs",), stage1_epochs=epochs, **base
+    )
+    _check_arch(cfg.arch)
+    val_fraction = _val_fraction(ctx)
+    balanced = bool(ctx.option("balanced"))
+    d = (
+        _embedded(ctx, cfg.image_size, val_fraction)
+        if embedded
+        else _user(ctx, cfg.image_size, str(ctx.option("task")), val_fraction, ctx.progress)
+    )
+    return cfg, epochs, balanced, {**d, "val_fraction": val_fraction}
+
+
 def run(ctx: RunContext) -> dict[str, float]:
     """Stage 1 + stage 2 on the embedded default or ``ctx.data``; returns headline metrics."""
     from monai_ext.supercon.train import _features, evaluate, predict_proba
     from plugins.metrics import effective_rank, spectrum
 
     t0 = time.time()
-    embedded = ctx.data is None
-    defaults = dict(arch="micro", image_size=16, batch_size=128) if embedded else {}
-    if ctx.demo or embedded:
-        defaults.update(REDUCED_STAGE2)
-    cfg = _config(ctx, **defaults)
-    task = str(ctx.option("task", "melanoma"))
-    val_fraction = _val_fraction(ctx)
-    d = (
-        _embedded(ctx, cfg.image_size, val_fraction)
-        if embedded
-        else _user(ctx, cfg.image_size, task, val_fraction)
-    )
-    epochs = ctx.epochs or (3 if ctx.demo else (30 if embedded else cfg.stage1_epochs))
+    cfg, epochs, balanced, d = _setup(ctx)
     tr, te = torch.as_tensor(d["train"]), torch.as_tensor(d["test"])
-    balanced = bool(ctx.option("balanced", False))
+    # the effective settings, with both stages' epochs (stage1_epochs is --epochs)
     ctx.run_dir.save_config(
         {
             "method": "supercon",
             "data": d["note"],
-            "epochs": epochs,
             "seed": ctx.seed,
             "balanced_sampler": balanced,
-            "val_fraction": val_fraction,
+            "val_fraction": d["val_fraction"],
             **asdict(cfg),
         }
     )
@@ -268,13 +313,16 @@ def run(ctx: RunContext) -> dict[str, float]:
         ctx.seed,
         balanced,
         ctx.progress,
+        checkpointer=ctx.checkpointer(stages=("stage 1", "stage 2")),
     )
     pos = d["positive"]
-    threshold = _val_threshold(net, d["images"], d["labels"], d["val"], pos, cfg, ctx.device)
-    probs = predict_proba(net, d["images"][te], cfg.image_size, ctx.device)
-    y = d["labels"][te]
-    metrics, cm = evaluate(probs, y, d["classes"], positive=pos, threshold=threshold)
-    z = _features(net, d["images"][te], cfg.image_size, ctx.device)
+    with phase("SuperCon: validation threshold and test evaluation", show=ctx.progress):
+        threshold = _val_threshold(net, d["images"], d["labels"], d["val"], pos, cfg, ctx.device)
+        probs = predict_proba(net, d["images"][te], cfg.image_size, ctx.device)
+        y = d["labels"][te]
+        metrics, cm = evaluate(probs, y, d["classes"], positive=pos, threshold=threshold)
+        z = _features(net, d["images"][te], cfg.image_size, ctx.device)
+        rank = float(effective_rank(z))
     headline = {
         "minority_f1": metrics["positive_f1"],
         **(
@@ -287,7 +335,7 @@ def run(ctx: RunContext) -> dict[str, float]:
         ),
         "roc_auc": metrics["roc_auc"],
         "balanced_accuracy": metrics["balanced_accuracy"],
-        "effective_rank": float(effective_rank(z)),
+        "effective_rank": rank,
         "train_minority_fraction": float((d["labels"][tr] == d["positive"]).float().mean()),
         "seconds": time.time() - t0,
     }
@@ -295,6 +343,7 @@ def run(ctx: RunContext) -> dict[str, float]:
     # the validation threshold travels with the weights, so predictions can use it
     ctx.run_dir.save_checkpoint(
         {
+            "method": "supercon",
             "model": net.state_dict(),
             "config": asdict(cfg),
             "classes": d["classes"],
@@ -302,17 +351,39 @@ def run(ctx: RunContext) -> dict[str, float]:
             "threshold": threshold,
         }
     )
-    ctx.run_dir.plot_loss(curves)
-    ctx.run_dir.plot_spectrum({"SuperCon encoder (test)": spectrum(z)})
-    ctx.run_dir.plot_embedding(z, y, title="SuperCon encoder features (test)")
-    _plot_roc(
-        ctx.run_dir,
-        {"SuperCon": (probs[:, pos].numpy(), (y == pos).numpy())},
-        "roc.png",
-        f"{d['classes'][pos]} vs rest",
-    )
-    _plot_confusions(ctx.run_dir, {"SuperCon": cm}, d["classes"], "confusion.png")
+    with phase("SuperCon: plots (t-SNE of test features)", show=ctx.progress):
+        ctx.run_dir.plot_loss(curves)
+        ctx.run_dir.plot_spectrum({"SuperCon encoder (test)": spectrum(z)})
+        ctx.run_dir.plot_embedding(
+            z, y, title="SuperCon encoder features (test)", class_names=d["classes"]
+        )
+        _plot_roc(
+            ctx.run_dir,
+            {"SuperCon": (probs[:, pos].numpy(), (y == pos).numpy())},
+            "roc.png",
+            f"{d['classes'][pos]} vs rest",
+        )
+        _plot_confusions(ctx.run_dir, {"SuperCon": cm}, d["classes"], "confusion.png")
     return headline
+
+
+def _ratios(values: list[Any]) -> list[float]:
+    """``--set ratios`` items as floats in (0, 1), ``natural`` as -1."""
+    out = []
+    for r in values:
+        if str(r).strip().lower() == "natural":
+            out.append(-1.0)
+            continue
+        try:
+            value = float(r)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not 0 < value < 1:
+            raise UserInputError(
+                f"--set ratios: each item must be a fraction between 0 and 1 or 'natural', got '{r}'."
+            )
+        out.append(value)
+    return out
 
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
@@ -329,15 +400,15 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     from plugins.data import shared_path
 
     t0 = time.time()
-    cfg = _config(ctx, arch="micro", image_size=32, batch_size=128, **REDUCED_STAGE2)
-    epochs = ctx.epochs or 8
-    seeds = [ctx.seed + i for i in range(int(ctx.option("seeds", 3)))]
-    methods = [str(m) for m in ctx.option_list("methods", METHODS)]
-    ratios = [
-        -1.0 if str(r) == "natural" else float(r)
-        for r in ctx.option_list("ratios", [0.02, "natural"])
-    ]
-    max_train = int(ctx.option("max_train", 0))
+    _declared(ctx, "reproduce")
+    epochs = ctx.epochs or REPRODUCE_EPOCHS
+    cfg = config_from_options(ctx, SuperConConfig, exclude=("stage1_epochs",), stage1_epochs=epochs)
+    _check_arch(cfg.arch)
+    seeds = [ctx.seed + i for i in range(int(ctx.option("seeds")))]
+    methods = [str(m) for m in ctx.option_list("methods")]
+    ratios = _ratios(ctx.option_list("ratios"))
+    max_train = int(ctx.option("max_train"))
+    multiclass = bool(ctx.option("multiclass"))
     val_fraction = _val_fraction(ctx)
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods or not seeds:
@@ -345,23 +416,24 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
             f"methods must be a comma list of {', '.join(METHODS)} and seeds >= 1; "
             f"got methods {methods}, seeds {len(seeds)}."
         )
-    if not ratios and not ctx.option("multiclass", False):
+    if not ratios and not multiclass:
         raise UserInputError("nothing to run: ratios is empty and multiclass is off.")
     root = ctx.data or shared_path("isic")
     binary = load_shared_isic(root, "melanoma")
     hashes = [file_hash(p) for p in binary.paths]
-    images = load_images(binary, cfg.image_size)
+    images = load_images(binary, cfg.image_size, progress=ctx.progress)
     settings = [("melanoma vs rest", binary, r) for r in ratios]
-    if bool(ctx.option("multiclass", False)):
+    if multiclass:
         settings.append(("8-class", load_shared_isic(root, "multiclass"), -1.0))
     ctx.run_dir.save_config(
         {
             "method": "supercon",
             "data": str(root),
-            "epochs": epochs,
             "seeds": seeds,
             "methods": methods,
             "ratios": ratios,
+            "max_train": max_train,
+            "multiclass": multiclass,
             "val_fraction": val_fraction,
             **asdict(cfg),
         }
@@ -398,9 +470,12 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
                     seed,
                     progress=ctx.progress,
                 )
-                threshold = _val_threshold(net, images, table.labels, va, mel, cfg, ctx.device)
-                probs = predict_proba(net, x_te, cfg.image_size, ctx.device)
-                met, cm = evaluate(probs, y_te, table.classes, positive=mel, threshold=threshold)
+                with phase(f"{m}, seed {seed}: evaluation", show=ctx.progress):
+                    threshold = _val_threshold(net, images, table.labels, va, mel, cfg, ctx.device)
+                    probs = predict_proba(net, x_te, cfg.image_size, ctx.device)
+                    met, cm = evaluate(
+                        probs, y_te, table.classes, positive=mel, threshold=threshold
+                    )
                 per[m].append(met)
                 per_seed.append(
                     {
@@ -455,3 +530,110 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     ctx.run_dir.save_metrics(summary)
     ctx.run_dir.save_table(rows)
     return summary
+
+
+# -- options --------------------------------------------------------------------------------------
+_CONFIG_HELP = {
+    "arch": "encoder: resnet50 (paper), resnet18, small-resnet18, tiny or micro",
+    "proj_dim": "projection-head output size",
+    "temperature": "SupCon temperature",
+    "base_temperature": "SupCon base temperature",
+    "batch_size": "images per step (both stages)",
+    "lr1": "stage-1 (and baseline) SGD learning rate",
+    "momentum": "SGD momentum",
+    "weight_decay": "stage-1 SGD weight decay",
+    "lr_decay": "stage-1 step-decay factor",
+    "lr_steps": "stage-1 training is cut into this many equal parts, decayed between them",
+    "stage2_epochs": "stage-2 (linear classifier) epochs; stage 1's are --epochs",
+    "lr2": "stage-2 SGD learning rate",
+    "jitter_strength": "colour jitter strength (brightness/contrast/saturation 0.8 x this)",
+    "p_jitter": "probability of colour jitter in the strong view",
+    "p_gray": "probability of grayscale in the strong view",
+    "p_blur": "probability of Gaussian blur in the strong view",
+    "p_flip": "probability of a horizontal flip in the strong view",
+    "crop_scale": "random-resized-crop area range of the strong view, two numbers",
+    "image_size": "images are resized to this side",
+    "focal_gamma": "gamma of the focal-loss baseline",
+    "stage2_encoder_mode": "eval (frozen BatchNorm, faithful) or train (the reference code)",
+}
+_CONFIG_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "proj_dim": (1, None),
+    "temperature": (1e-4, None),
+    "base_temperature": (1e-4, None),
+    "batch_size": (2, None),
+    "lr1": (0, None),
+    "momentum": (0, 1),
+    "weight_decay": (0, None),
+    "lr_decay": (0, 1),
+    "lr_steps": (1, None),
+    "stage2_epochs": (1, None),
+    "lr2": (0, None),
+    "jitter_strength": (0, None),
+    "p_jitter": (0, 1),
+    "p_gray": (0, 1),
+    "p_blur": (0, 1),
+    "p_flip": (0, 1),
+    "crop_scale": (0.01, 1),
+    "image_size": (8, None),
+    "focal_gamma": (0, None),
+}
+_CONFIG = dict(
+    help=_CONFIG_HELP,
+    exclude=("stage1_epochs",),  # --epochs
+    ranges=_CONFIG_RANGES,
+    choices={"stage2_encoder_mode": ("eval", "train")},
+)
+_VAL_FRACTION = Option(
+    "val_fraction",
+    "float",
+    0.15,
+    "share of the training split held out to choose the positive class's threshold (0: none)",
+    low=0,
+    high=0.5,
+)
+_RUN_DOCS = {
+    "arch": f"resnet50 (paper); {EMBEDDED['arch']} on the embedded digits",
+    "image_size": f"224 (paper); {EMBEDDED['image_size']} on the embedded digits",
+    "stage2_epochs": f"5 (paper); {REDUCED_STAGE2['stage2_epochs']} on the embedded digits and with --demo",
+    "lr2": f"0.0005 (paper); {REDUCED_STAGE2['lr2']:g} on the embedded digits and with --demo",
+}
+
+OPTIONS = {
+    "run": OptionSet(
+        options_from_dataclass(SuperConConfig, default_docs=_RUN_DOCS, **_CONFIG),
+        _VAL_FRACTION,
+        Option("balanced", "bool", False, "class-balanced batches in both stages"),
+        Option("rare_class", "int", 0, "embedded digits: the class made rare", low=0, high=9),
+        Option(
+            "rare_ratio",
+            "float",
+            0.02,
+            "embedded digits: the rare class's share of the training split",
+            low=0.001,
+            high=0.99,
+        ),
+        Option(
+            "task",
+            "str",
+            "melanoma",
+            "--data in the shared ISIC layout: melanoma (vs rest) or multiclass",
+            choices=("melanoma", "multiclass"),
+        ),
+    ),
+    "reproduce": OptionSet(
+        options_from_dataclass(SuperConConfig, defaults=REPRODUCE, **_CONFIG),
+        _VAL_FRACTION,
+        Option("seeds", "int", 3, "seeds per setting (--seed, --seed + 1, ...)", low=1),
+        Option("methods", "str", list(METHODS), "methods compared", many=True, choices=METHODS),
+        Option(
+            "ratios",
+            "str",
+            ["0.02", "natural"],
+            "melanoma share of the training split per setting: fractions or natural",
+            many=True,
+            nullable=True,
+        ),
+        Option("max_train", "int", 0, "cap on training images per seed (0: all)", low=0),
+        Option("multiclass", "bool", False, "add the 8-class setting"),
+    ),
+}

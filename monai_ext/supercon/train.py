@@ -5,22 +5,28 @@ Stage 1 (Chen et al. 2022, Sec. 3.1-3.2): supervised contrastive loss (Khosla et
 linear classifier with cross-entropy on the frozen encoder. Baselines trained by the same code:
 cross-entropy end to end, class-weighted CE, focal loss (Lin et al. 2017), and SupCon with two
 strong views (the symmetric original).
+
+Every loop counts optimisation steps (progress per step) and takes an optional
+:class:`plugins.checkpoint.Checkpointer`: ``last.ckpt`` is written every N steps or T seconds with
+the model, optimiser, scheduler, batch generator, the current epoch's batch order and the loss
+history, so that a resumed run reaches the same parameters as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from monai_ext.supercon.augment import AsymmetricViews, resize
 from monai_ext.supercon.config import SuperConConfig
 from monai_ext.supercon.data import class_balanced_sampler
 from monai_ext.supercon.model import SuperConNet
 from plugins.losses import sup_con
+from plugins.progress import progress_bar
 
 __all__ = [
     "stage1_loss",
@@ -29,6 +35,7 @@ __all__ = [
     "train_baseline",
     "focal_loss",
     "class_weights",
+    "steps_per_epoch",
     "predict_proba",
     "evaluate",
 ]
@@ -66,19 +73,76 @@ def class_weights(labels: np.ndarray | torch.Tensor, num_classes: int) -> torch.
     return len(y) / (num_classes * counts)
 
 
-def _batches(
-    labels: torch.Tensor, batch_size: int, balanced: bool, gen: torch.Generator
-) -> Iterator[torch.Tensor]:
+def _epoch_order(labels: torch.Tensor, balanced: bool, gen: torch.Generator) -> torch.Tensor:
+    """The order of one epoch's samples: a permutation, or class-balanced draws with replacement."""
     n = len(labels)
     if balanced:
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
-        order = torch.tensor(list(class_balanced_sampler(labels, n, seed)))
-    else:
-        order = torch.randperm(n, generator=gen)
-    for i in range(0, n, batch_size):
-        idx = order[i : i + batch_size]
-        if len(idx) > 1:  # BatchNorm needs two samples
-            yield idx
+        return torch.tensor(list(class_balanced_sampler(labels, n, seed)))
+    return torch.randperm(n, generator=gen)
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Batches of an epoch of ``n`` samples; a last batch of one sample is dropped (BatchNorm)."""
+    full, rest = divmod(n, batch_size)
+    return full + (rest > 1)
+
+
+class _Steps:
+    """The optimisation steps of ``epochs`` epochs: yields ``(epoch, batch indices)``.
+
+    On construction it restores ``objects`` from the checkpointer's ``--resume`` file (so callers
+    may compute anything that depends on the restored model afterwards); after each step the
+    caller completes, it steps ``sched`` at the epoch's end, moves the progress bar and lets the
+    checkpointer save. The epoch's batch order is part of the saved state, so a run can resume
+    in the middle of an epoch.
+    """
+
+    def __init__(
+        self,
+        labels: torch.Tensor,
+        batch_size: int,
+        epochs: int,
+        balanced: bool,
+        gen: torch.Generator,
+        losses: list[float],
+        checkpointer: Any = None,
+        sched: Any = None,
+        desc: str = "",
+        progress: bool = False,
+        **objects: Any,
+    ):
+        self.labels, self.batch_size, self.epochs = labels, batch_size, epochs
+        self.balanced, self.gen, self.losses = balanced, gen, losses
+        self.checkpointer, self.sched = checkpointer, sched
+        self.desc, self.progress = desc, progress
+        self.per_epoch = steps_per_epoch(len(labels), batch_size)
+        self.total = epochs * self.per_epoch
+        self.order: dict[str, torch.Tensor] = {}
+        self.objects = {**objects, "gen": gen, "losses": losses, "order": self.order}
+        if sched is not None:
+            self.objects["sched"] = sched
+        self.start = checkpointer.restore(self.total, **self.objects) if checkpointer else 0
+
+    def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
+        bs = self.batch_size
+        with progress_bar(
+            total=self.total, initial=self.start, desc=self.desc, show=self.progress
+        ) as bar:
+            for step in range(self.start, self.total):
+                epoch, i = divmod(step, self.per_epoch)
+                if i == 0:
+                    self.order["order"] = _epoch_order(self.labels, self.balanced, self.gen)
+                yield epoch, self.order["order"][i * bs : (i + 1) * bs]
+                # the caller's step is complete here
+                if self.sched is not None and i == self.per_epoch - 1:
+                    self.sched.step()
+                bar.update()
+                bar.set_postfix(
+                    epoch=f"{epoch + 1}/{self.epochs}", loss=f"{self.losses[-1]:.3f}", refresh=False
+                )
+                if self.checkpointer is not None:
+                    self.checkpointer.step(step + 1, **self.objects)
 
 
 def _sgd(params: list, lr: float, cfg: SuperConConfig, epochs: int) -> tuple:
@@ -101,10 +165,13 @@ def train_stage1(
     device: torch.device | str = "cpu",
     seed: int = 0,
     progress: bool = False,
+    checkpointer: Any = None,
 ) -> list[float]:
     """Stage 1 on images (N, C, H, W) (uint8 or [0, 1]) and labels (N,); returns per-step losses.
 
     SGD on encoder + head, step decay x0.1 every third of ``epochs`` (paper Sec. 4.1).
+    ``checkpointer``: a :class:`plugins.checkpoint.Checkpointer` for periodic ``last.ckpt`` files
+    and ``--resume`` (a run resumed in a later stage skips this loop and returns no losses).
     """
     cfg = config or SuperConConfig()
     epochs = cfg.stage1_epochs if epochs is None else epochs
@@ -114,16 +181,18 @@ def train_stage1(
     gen = torch.Generator().manual_seed(seed)
     labels = torch.as_tensor(labels).long()
     net.to(device).train()
-    losses = []
-    for _ in tqdm(range(epochs), desc="stage 1", disable=not progress, leave=False):
-        for idx in _batches(labels, cfg.batch_size, balanced, gen):
-            x, y = images[idx].to(device), labels[idx].to(device)
-            loss = stage1_loss(net, views(x), y, cfg)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-        sched.step()
+    losses: list[float] = []
+    steps = _Steps(
+        labels, cfg.batch_size, epochs, balanced, gen, losses, checkpointer, sched,
+        "stage 1", progress, model=net, opt=opt,
+    )  # fmt: skip
+    for _, idx in steps:
+        x, y = images[idx].to(device), labels[idx].to(device)
+        loss = stage1_loss(net, views(x), y, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
     return losses
 
 
@@ -137,13 +206,16 @@ def train_stage2(
     device: torch.device | str = "cpu",
     seed: int = 0,
     progress: bool = False,
+    checkpointer: Any = None,
+    history: dict[str, list[float]] | None = None,
 ) -> list[float]:
     """Stage 2: linear classifier with CE on the frozen encoder; returns per-step losses.
 
     Only ``net.classifier`` is optimised (SGD lr ``lr2``, momentum 0.9). With the default
     ``stage2_encoder_mode="eval"`` the encoder is a fixed function, so its features are computed
     once; ``"train"`` (the reference's behaviour) runs the encoder with BatchNorm in train mode on
-    every batch.
+    every batch. ``checkpointer``: see :func:`train_stage1`; ``history`` (e.g. stage 1's loss
+    curve) is saved with this stage's checkpoints and restored in place on ``--resume``.
     """
     cfg = config or SuperConConfig()
     epochs = cfg.stage2_epochs if epochs is None else epochs
@@ -152,22 +224,26 @@ def train_stage2(
     gen = torch.Generator().manual_seed(seed)
     labels = torch.as_tensor(labels).long()
     net.to(device).train()
+    losses: list[float] = []
+    extra = {"history": history} if history is not None else {}
+    steps = _Steps(
+        labels, cfg.batch_size, epochs, balanced, gen, losses, checkpointer, None,
+        "stage 2", progress, model=net, opt=opt, **extra,
+    )  # fmt: skip
     cached = None
-    if cfg.stage2_encoder_mode == "eval":
-        cached = _features(net, images, cfg.image_size, device)
-    losses = []
-    for _ in tqdm(range(epochs), desc="stage 2", disable=not progress, leave=False):
-        for idx in _batches(labels, cfg.batch_size, balanced, gen):
-            y = labels[idx].to(device)
-            if cached is not None:
-                logits = net.classifier(cached[idx.to(cached.device)])
-            else:
-                logits = net(resize(_float(images[idx].to(device)), cfg.image_size))
-            loss = F.cross_entropy(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
+    if cfg.stage2_encoder_mode == "eval" and steps.start < steps.total:
+        cached = _features(net, images, cfg.image_size, device)  # of the restored encoder
+    for _, idx in steps:
+        y = labels[idx].to(device)
+        if cached is not None:
+            logits = net.classifier(cached[idx.to(cached.device)])
+        else:
+            logits = net(resize(_float(images[idx].to(device)), cfg.image_size))
+        loss = F.cross_entropy(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
     return losses
 
 
@@ -182,9 +258,11 @@ def train_baseline(
     device: torch.device | str = "cpu",
     seed: int = 0,
     progress: bool = False,
+    checkpointer: Any = None,
 ) -> list[float]:
     """End-to-end classifier: ``loss`` in ``ce`` | ``weighted_ce`` | ``focal``; strong-view inputs,
-    same optimiser and schedule as stage 1. Returns per-step losses."""
+    same optimiser and schedule as stage 1. Returns per-step losses. ``checkpointer``: see
+    :func:`train_stage1`."""
     if loss not in ("ce", "weighted_ce", "focal"):
         raise ValueError(f"loss must be 'ce', 'weighted_ce' or 'focal', got {loss!r}")
     cfg = config or SuperConConfig()
@@ -197,20 +275,22 @@ def train_baseline(
     k = net.classifier.out_features
     weight = class_weights(labels, k).to(device) if loss == "weighted_ce" else None
     net.to(device).train()
-    losses = []
-    for _ in tqdm(range(epochs), desc=loss, disable=not progress, leave=False):
-        for idx in _batches(labels, cfg.batch_size, balanced, gen):
-            x, y = images[idx].to(device), labels[idx].to(device)
-            logits = net(views.strong.view(_float(x))).float()
-            if loss == "focal":
-                value = focal_loss(logits, y, cfg.focal_gamma)
-            else:
-                value = F.cross_entropy(logits, y, weight=weight)
-            opt.zero_grad(set_to_none=True)
-            value.backward()
-            opt.step()
-            losses.append(float(value.detach()))
-        sched.step()
+    losses: list[float] = []
+    steps = _Steps(
+        labels, cfg.batch_size, epochs, balanced, gen, losses, checkpointer, sched,
+        loss, progress, model=net, opt=opt,
+    )  # fmt: skip
+    for _, idx in steps:
+        x, y = images[idx].to(device), labels[idx].to(device)
+        logits = net(views.strong.view(_float(x))).float()
+        if loss == "focal":
+            value = focal_loss(logits, y, cfg.focal_gamma)
+        else:
+            value = F.cross_entropy(logits, y, weight=weight)
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        opt.step()
+        losses.append(float(value.detach()))
     return losses
 
 

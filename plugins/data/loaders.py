@@ -135,22 +135,79 @@ def load_cifar10(
         )
     xs, ys = [], []
     for f in files:
-        with open(f, "rb") as fh:
-            d = pickle.load(fh, encoding="bytes")
-        xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(d[b"labels"], dtype=np.int64))
+        d = _load_cifar_pickle(f)
+        try:
+            xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(d[b"labels"], dtype=np.int64).reshape(-1))
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserInputError(
+                f"CIFAR-10 batch {f} does not hold 'data' (N x 3072 uint8) and 'labels' ({e})."
+            ) from None
+        if len(xs[-1]) != len(ys[-1]):
+            raise UserInputError(
+                f"CIFAR-10 batch {f} holds {len(xs[-1])} images but {len(ys[-1])} labels."
+            )
     x, y = np.concatenate(xs), np.concatenate(ys)
     if limit is not None:
         x, y = x[:limit], y[:limit]
     classes = [str(i) for i in range(10)]
     meta = root / "batches.meta"
     if meta.exists():
-        with open(meta, "rb") as fh:
-            m = pickle.load(fh, encoding="bytes")
+        m = _load_cifar_pickle(meta)
         names = m.get(b"label_names")
         if names:
             classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
     return ImageTensorDataset(torch.from_numpy(x).float() / 255.0, torch.from_numpy(y), classes)
+
+
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what CIFAR-10 batches hold (dicts, lists, bytes, numpy arrays), so that a
+    foreign pickle cannot run code."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise _Refused(f"refusing to unpickle {module}.{name}")
+
+
+def _load_cifar_pickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            d = _CifarUnpickler(fh, encoding="bytes").load()
+    except _Refused as e:
+        raise UserInputError(
+            f"CIFAR-10 file {path} is not a CIFAR-10 python batch ({e})."
+        ) from None
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        OSError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+    ) as e:
+        raise UserInputError(
+            f"CIFAR-10 file {path} is truncated or unreadable ({type(e).__name__}: {e})."
+        ) from None
+    if not isinstance(d, dict):
+        raise UserInputError(f"CIFAR-10 file {path} holds a {type(d).__name__}, not a dict.")
+    return d
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -161,12 +218,14 @@ def load_image_folder(
 ) -> ImageTensorDataset:
     """Class-per-folder images (``root/<class>/<image>``), resized to ``size`` x ``size``.
 
-    Grayscale and RGBA files are converted to ``channels`` (1 or 3). Unreadable files raise an error
-    naming the file.
+    Grayscale and RGBA files are converted to ``channels`` (1 or 3). A truncated or unreadable file
+    raises an error naming the file.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     root = Path(root)
+    if root.is_file():
+        raise UserInputError(_not_a_data_set(root))
     if not root.is_dir():
         raise UserInputError(f"image folder {root} does not exist.")
     # hidden folders (.ipynb_checkpoints, .DS_Store-like) are never classes
@@ -186,8 +245,13 @@ def load_image_folder(
                 with Image.open(f) as im:
                     im = im.convert(mode).resize((size, size), Image.BILINEAR)
                     a = np.asarray(im, dtype=np.uint8)
-            except (UnidentifiedImageError, OSError) as e:
-                raise UserInputError(f"cannot read image {f}: {e}.") from None
+            except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+                # UnidentifiedImageError and "image file is truncated" are OSErrors
+                reason = str(e).rstrip(".") or type(e).__name__
+                raise UserInputError(
+                    f"cannot read image {f} (truncated or not an image: {reason}); "
+                    "remove or replace the file."
+                ) from None
             xs.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
             ys.append(label)
     if not xs:
@@ -210,16 +274,32 @@ def stratified_split(
     )
 
 
+ACCEPTED_DATA = (
+    "digits, cifar10, an .npz file with arrays 'images' (N, C, H, W) or (N, H, W) and 'labels' (N,) "
+    "(numpy.savez), a .pt file holding a dict of the same tensors, a CIFAR-10 batches folder or a "
+    "class-per-folder image folder"
+)
+
+
+def _not_a_data_set(path: Path) -> str:
+    if path.suffix.lower() == ".npy":
+        return (
+            f"data path {path} is a .npy file, which holds one array and no labels; "
+            f"accepted: {ACCEPTED_DATA}."
+        )
+    kind = f"a '{path.suffix}' file" if path.suffix else "a file without extension"
+    return f"data path {path} is {kind}, not a data set; accepted: {ACCEPTED_DATA}."
+
+
 def load_train_test(
     data: str | None, size: int | None = None
 ) -> tuple[ImageTensorDataset, ImageTensorDataset, str]:
     """Train and test sets of an image data set named or found at ``data``; returns ``(train, test, name)``.
 
     ``None`` or ``"digits"``: scikit-learn digits (70/30 stratified split); ``"cifar10"``: the shared
-    subset (train batch / test batch); a ``.npz``/``.pt`` array file; a folder: CIFAR pickle batches or
-    class-per-folder images."""
-    from pathlib import Path
-
+    subset (train batch / test batch); a ``.npz``/``.pt`` array file (see
+    :func:`plugins.data.arrays.load_array_file`); a folder: CIFAR pickle batches or class-per-folder
+    images. Any other file (a ``.npy`` array has no labels) is refused naming what is accepted."""
     if data in (None, "digits"):
         d = load_digits(size=size)
         tr, te = stratified_split(d.labels)
@@ -229,14 +309,23 @@ def load_train_test(
     path = Path(data)
     if not path.exists():
         raise UserInputError(f"data path {path} does not exist.")
-    if path.suffix in (".npz", ".pt", ".pth"):
+    if path.is_file() and path.suffix.lower() not in (".npz", ".pt", ".pth"):
+        raise UserInputError(_not_a_data_set(path))
+    if path.suffix.lower() in (".npz", ".pt", ".pth"):
         from plugins.data.arrays import load_array_file
 
-        d = load_array_file(path)
-        tr, te = stratified_split(d.labels)
-        return d.subset(tr), d.subset(te), str(path)
+        return (*_split(load_array_file(path), path), str(path))
     if (path / "cifar-10-batches-py").is_dir() or (path / "test_batch").exists():
         return load_cifar10(path, train=True), load_cifar10(path, train=False), str(path)
-    d = load_image_folder(path, size=size or 64)
-    tr, te = stratified_split(d.labels)
-    return d.subset(tr), d.subset(te), str(path)
+    return (*_split(load_image_folder(path, size=size or 64), path), str(path))
+
+
+def _split(d: ImageTensorDataset, path: Path) -> tuple[ImageTensorDataset, ImageTensorDataset]:
+    """70/30 class-stratified train/test split of a user's data set, one sentence when impossible."""
+    try:
+        tr, te = stratified_split(d.labels)
+    except ValueError as e:
+        raise UserInputError(
+            f"{path}: cannot split {len(d)} images into train and test sets by class ({e})."
+        ) from None
+    return d.subset(tr), d.subset(te)

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from plugins.data import ImageTensorDataset, check_finite
 from plugins.errors import UserInputError
@@ -42,6 +42,10 @@ from plugins.methods.dcc_match import (
     use_contrastive,
 )
 from plugins.methods.dcc_model import ConvNet
+from plugins.progress import progress_bar
+
+if TYPE_CHECKING:
+    from plugins.checkpoint import Checkpointer
 
 __all__ = [
     "DCCConfig",
@@ -85,6 +89,13 @@ class DCCConfig:
             return self.warmup_outer
         return int(250 * self.outer_iters / 1000 + 0.5)
 
+    def resolved_loops(self, ipc: int) -> tuple[int, int]:
+        """(inner image updates per outer iteration, network epochs per inner step) at ``ipc``:
+        the set values, else the papers' table (:func:`loops_for_ipc`)."""
+        table_inner, table_epochs = loops_for_ipc(ipc)
+        inner = table_inner if self.inner_loops is None else self.inner_loops
+        return inner, table_epochs if self.net_epochs is None else self.net_epochs
+
 
 def _sample_real(groups: list[torch.Tensor], batch: int, gen: torch.Generator) -> torch.Tensor:
     """(K, B, C, H, W): B random distinct real images of every class (B = min(batch, smallest class))."""
@@ -125,6 +136,7 @@ def condense(
     seed: int = 0,
     progress: bool = False,
     callback: Callable[[int, SyntheticSet], None] | None = None,
+    checkpointer: Checkpointer | None = None,
 ) -> SyntheticSet:
     """Condense ``dataset`` into ``ipc`` images per class.
 
@@ -138,6 +150,11 @@ def condense(
         config: other settings (:class:`DCCConfig`).
         device: where to compute (default CUDA when available).
         callback: called as ``callback(outer_iter, synthetic)`` after every outer iteration.
+        checkpointer: saves the loop state after each outer iteration when due and resumes from
+            ``--resume`` (:class:`plugins.checkpoint.Checkpointer`; one step = one outer iteration).
+            The state is the synthetic images, their optimiser, the generator, the loss history and
+            the contrastive-step count; each outer iteration's fresh network is drawn from the global
+            torch RNG, which the checkpoint holds too.
 
     Returns:
         :class:`SyntheticSet` with images in the normalised space of ``dataset``.
@@ -145,9 +162,9 @@ def condense(
     if method not in METHODS:
         raise UserInputError(f"method must be one of {METHODS}, got {method!r}.")
     cfg = replace(config or DCCConfig(), dsa=dsa, outer_iters=outer_iters)
-    table_inner, table_epochs = loops_for_ipc(ipc)
-    inner = cfg.inner_loops or table_inner
-    net_epochs = table_epochs if cfg.net_epochs is None else cfg.net_epochs
+    inner, net_epochs = cfg.resolved_loops(ipc)
+    if inner < 1:
+        raise UserInputError(f"inner_loops must be at least 1, got {inner}.")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     check_finite(dataset.images, "condensation input images")
     torch.manual_seed(seed)
@@ -182,12 +199,24 @@ def condense(
     if method == "random":
         return result
 
-    syn = syn.clone().requires_grad_(True)
+    # the images as a module parameter, so that a checkpoint restores them in place
+    state = torch.nn.ParameterDict({"images": torch.nn.Parameter(syn.clone())})
+    syn = state["images"]
     opt_img = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum_img)
     dsa_cfg = DSAConfig() if cfg.dsa else None
     warm_outer = cfg.resolved_warmup_outer()
     y_syn = labels.to(dev)
-    for it in tqdm(range(cfg.outer_iters), desc=f"condense {method}", disable=not progress):
+    counts = {"contrastive_steps": 0}
+    loop_state = dict(images=state, opt_img=opt_img, gen=gen, losses=result.losses, counts=counts)
+    start = checkpointer.restore(cfg.outer_iters, **loop_state) if checkpointer else 0
+    result.contrastive_steps = counts["contrastive_steps"]
+    if start:
+        result.images = syn.detach().flatten(0, 1).clone()
+    bar = progress_bar(
+        total=cfg.outer_iters * inner, initial=start * inner, desc=f"condense {method}",
+        show=progress, unit="img step",
+    )  # fmt: skip
+    for it in range(start, cfg.outer_iters):
         net = ConvNet(c, k, h, cfg.width, cfg.depth).to(dev).train()
         opt_net = torch.optim.SGD(net.parameters(), lr=cfg.lr_net)
         total = 0.0
@@ -199,8 +228,11 @@ def condense(
             opt_img.zero_grad(set_to_none=True)
             loss.backward()
             opt_img.step()
-            total += float(loss.detach())
-            result.contrastive_steps += int(contrastive)
+            value = float(loss.detach())
+            total += value
+            counts["contrastive_steps"] += int(contrastive)
+            bar.update()
+            bar.set_postfix(outer=it + 1, loss=f"{value:.3g}", refresh=False)
             if ol == inner - 1:
                 break  # the last image update needs no further network training
             _train_net_epochs(
@@ -208,7 +240,11 @@ def condense(
                 cfg.batch_train, dsa_cfg, gen,
             )  # fmt: skip
         result.losses.append(total / inner)
+        result.contrastive_steps = counts["contrastive_steps"]
         result.images = syn.detach().flatten(0, 1).clone()
+        if checkpointer:
+            checkpointer.step(it + 1, **loop_state)
         if callback is not None:
             callback(it, result)
+    bar.close()
     return result

@@ -80,23 +80,37 @@ class SyntheticSet:
         return (pixels - m) / s
 
     def save(self, path: str | Path) -> None:
-        torch.save(
-            {
-                "images": self.images.detach().cpu(),
-                "labels": self.labels.cpu(),
-                "mean": self.mean.cpu(),
-                "std": self.std.cpu(),
-                "classes": list(self.classes),
-                "method": self.method,
-                "pixels": self.pixels(),
-            },
-            path,
-        )
+        """Write the set (and its clipped pixels, for viewing) atomically to ``path``."""
+        from plugins.reporting import atomic_write_bytes
+
+        state = {
+            "images": self.images.detach().cpu(),
+            "labels": self.labels.cpu(),
+            "mean": self.mean.cpu(),
+            "std": self.std.cpu(),
+            "classes": list(self.classes),
+            "method": self.method,
+            "pixels": self.pixels(),
+        }
+        atomic_write_bytes(Path(path), lambda tmp: torch.save(state, tmp))
 
     @classmethod
     def load(cls, path: str | Path) -> SyntheticSet:
-        path = Path(path)
-        if not path.exists():
-            raise UserInputError(f"synthetic set file {path} does not exist.")
-        d = torch.load(path, map_location="cpu", weights_only=True)
-        return cls(d["images"], d["labels"], d["mean"], d["std"], d["classes"], d["method"])
+        """Read a set written by :meth:`save` (safely: tensors and plain containers only)."""
+        from plugins.checkpoint import load_checkpoint
+
+        d = load_checkpoint(path, what="synthetic set file")
+        missing = [k for k in ("images", "labels", "mean", "std", "classes") if k not in d]
+        if missing:
+            raise UserInputError(
+                f"synthetic set file {path} lacks {', '.join(missing)}; expected a file written by "
+                "SyntheticSet.save (synthetic.pt of a dcc run)."
+            )
+        return cls(
+            d["images"],
+            d["labels"],
+            d["mean"],
+            d["std"],
+            list(d["classes"]),
+            d.get("method", "dcc"),
+        )

@@ -18,13 +18,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, jacrev, stack_module_state, vmap
-from tqdm.auto import tqdm
 
 from plugins.data import ImageTensorDataset
 from plugins.methods.dcc_data import SyntheticSet
 from plugins.methods.dcc_dsa import DSAConfig, dsa
 from plugins.methods.dcc_match import _upcast
 from plugins.methods.dcc_model import ConvNet
+from plugins.progress import progress_bar
 
 __all__ = [
     "EvalConfig",
@@ -58,6 +58,10 @@ def _batches(n: int, batch: int, gen: torch.Generator) -> list[torch.Tensor]:
     return list(perm.split(batch))
 
 
+def _steps_per_epoch(n: int, batch: int) -> int:
+    return -(-n // batch)
+
+
 def _augment(x: torch.Tensor, cfg: EvalConfig, gen: torch.Generator) -> torch.Tensor:
     return dsa(x, DSAConfig(), gen) if cfg.dsa else x
 
@@ -75,7 +79,9 @@ def _train_vmapped(x, y, models, cfg, gen, progress):
         list(params.values()), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [cfg.epochs // 2], 0.1)
-    for _ in tqdm(range(cfg.epochs), desc="eval (vmap)", disable=not progress, leave=False):
+    total = cfg.epochs * _steps_per_epoch(len(x), cfg.batch_size)
+    bar = progress_bar(total=total, desc=f"eval {n} ConvNets (vmap)", show=progress)
+    for epoch in range(cfg.epochs):
         for idx in _batches(len(x), cfg.batch_size, gen):
             xb = _augment(x[idx].repeat(n, 1, 1, 1), cfg, gen).view(n, len(idx), *x.shape[1:])
             out = forward(params, buffers, xb)
@@ -84,7 +90,13 @@ def _train_vmapped(x, y, models, cfg, gen, progress):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            bar.update()
+            if not bar.disable:  # the loss value syncs a GPU: only read when shown
+                bar.set_postfix(
+                    epoch=epoch + 1, loss=f"{float(loss.detach()) / n:.3g}", refresh=False
+                )
         sched.step()
+    bar.close()
     trained = []
     for i, m in enumerate(models):
         m.load_state_dict({k: v[i].detach() for k, v in {**params, **buffers}.items()})
@@ -93,18 +105,29 @@ def _train_vmapped(x, y, models, cfg, gen, progress):
 
 
 def _train_sequential(x, y, models, cfg, gen, progress):
-    for m in tqdm(models, desc="eval (loop)", disable=not progress, leave=False):
+    total = len(models) * cfg.epochs * _steps_per_epoch(len(x), cfg.batch_size)
+    bar = progress_bar(total=total, desc=f"eval {len(models)} ConvNets", show=progress)
+    for i, m in enumerate(models):
         opt = torch.optim.SGD(
             m.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, [cfg.epochs // 2], 0.1)
-        for _ in range(cfg.epochs):
+        for epoch in range(cfg.epochs):
             for idx in _batches(len(x), cfg.batch_size, gen):
                 loss = F.cross_entropy(_upcast(m(_augment(x[idx], cfg, gen))), y[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                bar.update()
+                if not bar.disable:
+                    bar.set_postfix(
+                        model=i + 1,
+                        epoch=epoch + 1,
+                        loss=f"{float(loss.detach()):.3g}",
+                        refresh=False,
+                    )
             sched.step()
+    bar.close()
     return models
 
 

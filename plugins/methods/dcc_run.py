@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import asdict
@@ -11,14 +12,22 @@ import numpy as np
 import torch
 
 from plugins.data import ImageTensorDataset, check_finite
-from plugins.errors import UserInputError
-from plugins.methods.dcc import DCCConfig, EvalConfig, condense, evaluate_synthetic, kernel_velocity
+from plugins.methods.dcc import (
+    METHODS,
+    DCCConfig,
+    EvalConfig,
+    condense,
+    evaluate_synthetic,
+    kernel_velocity,
+)
 from plugins.methods.dcc_data import SyntheticSet
 from plugins.metrics import spectrum
+from plugins.options import Option, OptionSet, config_from_options, options_from_dataclass
+from plugins.progress import phase
 from plugins.reporting import RunContext, RunDir
 from plugins.threads import cpu_is_busy
 
-__all__ = ["run", "reproduce", "save_grids", "PAPER_CIFAR10"]
+__all__ = ["run", "reproduce", "save_grids", "PAPER_CIFAR10", "OPTIONS"]
 
 # CIFAR-10, ConvNet-3, test accuracy % (mean ± std) from the papers, for context only. The DC values
 # are DC Table 1; the DCC values were quoted without the PDF at hand and are marked unverified.
@@ -116,6 +125,33 @@ def reproduce(ctx: RunContext) -> dict[str, float]:
         return _reproduce(ctx, threads)
 
 
+def _condense_config(ctx: RunContext) -> DCCConfig:
+    """:class:`DCCConfig` from the options; ``--epochs`` sets ``outer_iters``."""
+    cfg = config_from_options(ctx, DCCConfig)
+    if ctx.epochs:
+        cfg.outer_iters = ctx.epochs
+    return cfg
+
+
+def _eval_config(ctx: RunContext, cfg: DCCConfig) -> EvalConfig:
+    """:class:`EvalConfig` from the ``eval_*`` options, with the condensation's ConvNet shape."""
+    values = {f: ctx.option(f"eval_{f}") for f in _EVAL_FIELDS}
+    return EvalConfig(**values, width=cfg.width, depth=cfg.depth)
+
+
+def _stages(cfg: DCCConfig, ecfg: EvalConfig, ipc: int) -> dict[str, int]:
+    """The effective iteration counts of every stage (recorded in ``config.yaml``)."""
+    inner, net_epochs = cfg.resolved_loops(ipc)
+    return {
+        "outer_iters": cfg.outer_iters,
+        "inner_loops": inner,
+        "net_epochs": net_epochs,
+        "warmup_outer": cfg.resolved_warmup_outer(),
+        "warmup_inner": cfg.warmup_inner,
+        "eval_epochs": ecfg.epochs,
+    }
+
+
 def _run(ctx: RunContext, threads: int) -> dict[str, float]:
     """Condense the data (default: digits), evaluate N fresh ConvNets on it, write the run folder.
 
@@ -123,43 +159,50 @@ def _run(ctx: RunContext, threads: int) -> dict[str, float]:
     and the image gradients of the matching loss are ~100x those at 16x16 (measured), which wrecks
     the images at the papers' image learning rate.
 
-    Options (``--set``): ``image_size`` (16 for digits), ``ipc`` (10; demo 1), ``method``
-    (dcc | dc | random), ``outer_iters`` (``--epochs``; 1000, demo 2), ``batch_real`` (256;
-    demo 16), ``width`` (128; demo 32), ``n_models`` (5; demo 2), ``eval_epochs`` (1000; demo 30),
-    ``net_epochs``, ``inner_loops``, ``dsa``, ``probe`` (10; demo 5), ``kernel_steps`` (10; demo 2).
+    Options (``--set``, see ``run dcc --help``): the condensation settings of :class:`DCCConfig`
+    (``outer_iters`` is also ``--epochs``), ``method`` (dcc | dc | random), ``ipc``, ``image_size``,
+    the evaluation's ``eval_*`` settings and ``n_models``, ``probe`` and ``kernel_steps`` of the
+    NTK diagnostic, ``test_limit``. The condensation loop writes ``last.ckpt`` periodically and
+    continues from ``--resume``.
     """
-    demo = ctx.demo
-    method = str(ctx.option("method", "dcc"))
-    ipc = int(ctx.option("ipc", 1 if demo else 10))
-    outer = int(ctx.epochs or ctx.option("outer_iters", 2 if demo else 1000))
-    cfg = DCCConfig(
-        outer_iters=outer,
-        batch_real=int(ctx.option("batch_real", 16 if demo else 256)),
-        width=int(ctx.option("width", 32 if demo else 128)),
-        net_epochs=ctx.option("net_epochs"),
-        inner_loops=ctx.option("inner_loops"),
-        dsa=bool(ctx.option("dsa", True)),
-    )
-    ecfg = EvalConfig(epochs=int(ctx.option("eval_epochs", 30 if demo else 1000)), width=cfg.width)
-    n_models = int(ctx.option("n_models", 2 if demo else 5))
+    method = ctx.option("method")
+    ipc = ctx.option("ipc")
+    cfg = _condense_config(ctx)
+    ecfg = _eval_config(ctx, cfg)
+    n_models = ctx.option("n_models")
     size = ctx.option("image_size", 16 if ctx.data in (None, "digits") else None)
-    train, test, name = _load(ctx.data, None if size in (None, "none") else int(size))
+    train, test, name = _load(ctx.data, size)
+    limit = ctx.option("test_limit")
+    if limit is not None and limit < len(test):
+        test = test.subset(torch.arange(limit))
+    probe_size, steps = ctx.option("probe"), ctx.option("kernel_steps")
+    stages = {**_stages(cfg, ecfg, ipc), "kernel_steps": steps}
+    inner, net_epochs = stages["inner_loops"], stages["net_epochs"]
+    effective = dataclasses.replace(
+        cfg, inner_loops=inner, net_epochs=net_epochs, warmup_outer=stages["warmup_outer"]
+    )
     ctx.run_dir.save_config(
         {
             "method": "dcc",
             "variant": method,
             "data": name,
+            "image_size": train.images.shape[-1],
+            "test_images": len(test),
             "ipc": ipc,
             "seed": ctx.seed,
             "device": ctx.device,
             "n_models": n_models,
             "cpu_threads": threads,
-            "condense": asdict(cfg),
+            "stages": stages,
+            "condense": asdict(effective),
             "evaluate": asdict(ecfg),
         }
     )
     t0 = time.time()
-    syn = condense(train, ipc, method, cfg.dsa, outer, cfg, ctx.device, ctx.seed, ctx.progress)
+    syn = condense(
+        train, ipc, method, cfg.dsa, cfg.outer_iters, cfg, ctx.device, ctx.seed, ctx.progress,
+        checkpointer=ctx.checkpointer(stages=("condense",)),
+    )  # fmt: skip
     seconds = time.time() - t0
     save_grids(ctx.run_dir, syn)
     ctx.run_dir.save_checkpoint(
@@ -169,14 +212,16 @@ def _run(ctx: RunContext, threads: int) -> dict[str, float]:
             "mean": syn.mean,
             "std": syn.std,
             "classes": syn.classes,
-            "config": asdict(cfg),
+            "config": asdict(effective),
         }
     )
     scores, models = evaluate_synthetic(
         syn, test, n_models, ecfg, ctx.device, ctx.seed, progress=ctx.progress, return_models=True
     )
     baseline = condense(train, ipc, "random", device=ctx.device, seed=ctx.seed)
-    base_scores = evaluate_synthetic(baseline, test, n_models, ecfg, ctx.device, ctx.seed)
+    base_scores = evaluate_synthetic(
+        baseline, test, n_models, ecfg, ctx.device, ctx.seed, progress=ctx.progress
+    )
 
     x_test = syn.normalise(test.images.to(ctx.device))
     with torch.no_grad():
@@ -186,12 +231,14 @@ def _run(ctx: RunContext, threads: int) -> dict[str, float]:
     ctx.run_dir.plot_embedding(
         z, test.labels, title=f"ConvNet trained on {method} ipc {ipc} ({name})"
     )
-    probe = x_test[: int(ctx.option("probe", 5 if demo else 10))]
-    steps = int(ctx.option("kernel_steps", 2 if demo else 10))
+    probe = x_test[:probe_size]
     syn_dev = SyntheticSet(
         syn.images.to(ctx.device), syn.labels.to(ctx.device), syn.mean, syn.std, syn.classes
     )
-    velocity = kernel_velocity(syn_dev, probe, steps, cfg.lr_net, cfg.width, cfg.depth, ctx.seed)
+    with phase(f"NTK kernel velocity ({steps} updates)", show=ctx.progress):
+        velocity = kernel_velocity(
+            syn_dev, probe, steps, cfg.lr_net, cfg.width, cfg.depth, ctx.seed
+        )
     _kernel_plot(ctx.run_dir, {f"{method} ipc {ipc}": velocity})
     metrics = {
         **scores,
@@ -212,31 +259,26 @@ def _reproduce(ctx: RunContext, threads: int) -> dict[str, float]:
 
     Budget cuts (all ``--set`` options; paper values in brackets): ``outer_iters`` 240 [1000]
     (the shortest budget at which DCC > DC showed here; ``--epochs 15`` is a 7-minute check),
-    ``batch_real`` 32 [256], ``width`` 32 [128], ``image_size`` 16 [32], ``net_epochs`` 5 at ipc 10
-    [50], ``eval_epochs`` 100 [1000], ``n_models`` 4 [5 to 20], ``test_limit`` 2000 test images [10k].
+    ``batch_real`` 32 [256], ``width`` 32 [128], ``image_size`` 16 [32], ``net_epochs`` 5 [5 at
+    ipc 1, 50 at ipc 10], ``eval_epochs`` 100 [1000], ``n_models`` 4 [5 to 20], ``test_limit`` 2000
+    test images [10k]. Each row's condensation is independent, so this command is not resumable.
     """
     data = ctx.data or "cifar10"
-    size = ctx.option("image_size", 16)
-    train, test, name = _load(data, None if size in (None, "none") else int(size))
-    limit = int(ctx.option("test_limit", 2000))
-    if limit < len(test):
+    train, test, name = _load(data, ctx.option("image_size"))
+    limit = ctx.option("test_limit")
+    if limit is not None and limit < len(test):
         test = test.subset(torch.arange(limit))  # rows alternate by class: balanced
-    outer = int(ctx.epochs or ctx.option("outer_iters", 240))
-    width = int(ctx.option("width", 32))
-    ipcs = [int(i) for i in ctx.option_list("ipcs", [1, 10])]
-    methods = [str(m) for m in ctx.option_list("methods", ["random", "dc", "dcc"])]
-    n_models = int(ctx.option("n_models", 4))
-    ecfg = EvalConfig(epochs=int(ctx.option("eval_epochs", 100)), width=width)
-    if n_models < 1:
-        raise UserInputError(f"n_models must be >= 1, got {n_models}.")
+    cfg = _condense_config(ctx)
+    ecfg = _eval_config(ctx, cfg)
+    ipcs = ctx.option("ipcs")
+    methods = ctx.option("methods")
+    n_models = ctx.option("n_models")
     settings = {
         "data": name,
         "image_size": train.images.shape[-1],
         "test_images": len(test),
-        "outer_iters": outer,
-        "batch_real": int(ctx.option("batch_real", 32)),
-        "width": width,
-        "net_epochs_ipc10": int(ctx.option("net_epochs", 5)),
+        "condense": asdict(cfg),
+        "stages": {f"ipc{ipc}": _stages(cfg, ecfg, ipc) for ipc in ipcs},
         "eval": asdict(ecfg),
         "n_models": n_models,
         "seed": ctx.seed,
@@ -246,16 +288,15 @@ def _reproduce(ctx: RunContext, threads: int) -> dict[str, float]:
     rows, out, curves = [], {}, {}
     for ipc in ipcs:
         for method in methods:
-            cfg = DCCConfig(
-                outer_iters=outer,
-                batch_real=settings["batch_real"],
-                width=width,
-                net_epochs=settings["net_epochs_ipc10"] if ipc >= 10 else None,
-            )
             t0 = time.time()
-            syn = condense(train, ipc, method, True, outer, cfg, ctx.device, ctx.seed, ctx.progress)
+            syn = condense(
+                train, ipc, method, cfg.dsa, cfg.outer_iters, cfg, ctx.device, ctx.seed,
+                ctx.progress,
+            )  # fmt: skip
             t1 = time.time()
-            scores = evaluate_synthetic(syn, test, n_models, ecfg, ctx.device, ctx.seed)
+            scores = evaluate_synthetic(
+                syn, test, n_models, ecfg, ctx.device, ctx.seed, progress=ctx.progress
+            )
             t2 = time.time()
             save_grids(ctx.run_dir, syn, prefix=f"ipc{ipc}_{method}")
             if syn.losses:
@@ -283,3 +324,109 @@ def _reproduce(ctx: RunContext, threads: int) -> dict[str, float]:
     if curves:
         ctx.run_dir.plot_loss(curves, xlabel="outer iteration")
     return out
+
+
+# ---------------------------------------------------------------- options (run dcc --help)
+
+_EVAL_FIELDS = tuple(
+    f.name for f in dataclasses.fields(EvalConfig) if f.name not in ("width", "depth")
+)
+
+_CONDENSE_OPTIONS = options_from_dataclass(
+    DCCConfig,
+    help={
+        "outer_iters": "outer iterations, each with a fresh ConvNet (--epochs sets it too)",
+        "batch_real": "real images per class per matching step",
+        "lr_img": "SGD learning rate of the synthetic images",
+        "momentum_img": "SGD momentum of the synthetic images",
+        "lr_net": "SGD learning rate of the inner network updates",
+        "batch_train": "batch of the inner network updates",
+        "inner_loops": "image updates per outer iteration (none: the papers' table for ipc)",
+        "net_epochs": "network epochs between image updates (none: the papers' table for ipc)",
+        "warmup_outer": "DCC: outer iterations of DC before contrastive (none: 25% of outer_iters)",
+        "warmup_inner": "DCC: contrastive from this image update of an outer iteration on",
+        "dsa": "DSA augmentation in matching and network updates",
+        "init": "synthetic images start as random real images or noise",
+        "width": "ConvNet width (condensation and evaluation)",
+        "depth": "ConvNet blocks (each halves the image side)",
+    },
+    ranges={
+        "outer_iters": (1, None),
+        "batch_real": (1, None),
+        "lr_img": (0, None),
+        "momentum_img": (0, 1),
+        "lr_net": (0, None),
+        "batch_train": (1, None),
+        "inner_loops": (1, None),
+        "net_epochs": (0, None),
+        "warmup_outer": (0, None),
+        "warmup_inner": (0, None),
+        "width": (1, None),
+        "depth": (1, None),
+    },
+    choices={"init": ("real", "noise")},
+    demo_defaults={"outer_iters": 2, "batch_real": 16, "width": 32},
+)
+
+_EVAL_OPTIONS = [
+    dataclasses.replace(o, name=f"eval_{o.name}")
+    for o in options_from_dataclass(
+        EvalConfig,
+        exclude=("width", "depth"),
+        help={
+            "epochs": "training epochs of each evaluation ConvNet",
+            "batch_size": "evaluation batch size",
+            "lr": "evaluation SGD learning rate (x0.1 at half the epochs)",
+            "momentum": "evaluation SGD momentum",
+            "weight_decay": "evaluation SGD weight decay",
+            "dsa": "DSA augmentation while training the evaluation ConvNets",
+        },
+        ranges={
+            "epochs": (1, None),
+            "batch_size": (1, None),
+            "lr": (0, None),
+            "momentum": (0, 1),
+            "weight_decay": (0, None),
+        },
+        demo_defaults={"epochs": 30},
+    )
+]
+
+_RUN_LEVEL = [
+    Option("method", "str", "dcc", "dcc (contrastive), dc (class-wise) or random selection", choices=METHODS),
+    Option("ipc", "int", 10, "synthetic images per class", demo_default=1, low=1),
+    Option(
+        "image_size", "int", None, "resize the images to this side", nullable=True, low=1,
+        default_doc="16 on digits, else the data's size",
+    ),
+    Option("n_models", "int", 5, "evaluation ConvNets (mean and std over them)", demo_default=2, low=1),
+    Option("probe", "int", 10, "test images of the NTK kernel-velocity probe", demo_default=5, low=1),
+    Option("kernel_steps", "int", 10, "network updates of the NTK diagnostic", demo_default=2, low=0),
+    Option("test_limit", "int", None, "use the first N test images (none: all)", nullable=True, low=1),
+]  # fmt: skip
+
+_REPRO_LEVEL = [
+    Option("ipcs", "int", [1, 10], "images per class of the table's blocks", many=True, low=1),
+    Option(
+        "methods", "str", ["random", "dc", "dcc"], "the table's rows per ipc", many=True,
+        choices=METHODS,
+    ),
+    Option("image_size", "int", 16, "resize the images to this side (paper 32)", nullable=True, low=1),
+    Option("n_models", "int", 4, "evaluation ConvNets per row (paper 5 to 20)", low=1),
+    Option("test_limit", "int", 2000, "use the first N test images (none: all)", nullable=True, low=1),
+]  # fmt: skip
+
+# reproduce: CPU-budget defaults (paper values in brackets in :func:`_reproduce`)
+_REPRO_CONDENSE = (
+    OptionSet(_CONDENSE_OPTIONS, _EVAL_OPTIONS)
+    .replace("outer_iters", default=240, demo_default=None)
+    .replace("batch_real", default=32, demo_default=None)
+    .replace("width", default=32, demo_default=None)
+    .replace("net_epochs", default=5, help="network epochs between image updates (paper 5 at ipc 1, 50 at ipc 10)")
+    .replace("eval_epochs", default=100, demo_default=None)
+)  # fmt: skip
+
+OPTIONS = {
+    "run": OptionSet(_RUN_LEVEL, _CONDENSE_OPTIONS, _EVAL_OPTIONS),
+    "reproduce": OptionSet(_REPRO_LEVEL, _REPRO_CONDENSE.values()),
+}

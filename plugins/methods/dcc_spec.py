@@ -12,4 +12,5 @@ SPEC = MethodSpec(
     run="plugins.methods.dcc_run:run",
     reproduce="plugins.methods.dcc_run:reproduce",
     demo_metric="acc_mean",
+    options="plugins.methods.dcc_run:OPTIONS",
 )

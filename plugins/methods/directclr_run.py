@@ -8,12 +8,14 @@ shared CIFAR-10 subset (``--data cifar10``) or a user folder, with collapse moni
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
 
+from plugins.checkpoint import Checkpointer
 from plugins.data import ImageTensorDataset, check_finite, load_train_test
+from plugins.errors import UserInputError
 from plugins.methods.directclr import (
     MODES,
     DirectCLR,
@@ -28,11 +30,19 @@ from plugins.methods.directclr_toy import (
     strong_augmentation_toy,
 )
 from plugins.methods.directclr_train import train_directclr
-from plugins.methods.simclr import TinyResNet, embed, evaluate_representation
+from plugins.methods.simclr import (
+    TinyResNet,
+    declared,
+    embed,
+    evaluate_representation,
+    independent_stage,
+)
 from plugins.metrics import spectrum
+from plugins.options import Option, OptionSet, config_from_options, options_from_dataclass
+from plugins.progress import phase
 from plugins.reporting import RunContext, RunDir
 
-__all__ = ["run", "reproduce", "run_mode", "run_toys", "PAPER_CONTEXT"]
+__all__ = ["run", "reproduce", "run_mode", "run_toys", "PAPER_CONTEXT", "OPTIONS"]
 
 #: Quoted for context (not measured here).
 PAPER_CONTEXT = [
@@ -62,18 +72,31 @@ def _balanced_head(ds: ImageTensorDataset, n: int | None) -> ImageTensorDataset:
     return ds.subset(order[:n])
 
 
-def _prepare(ctx: RunContext, cifar_defaults: dict):
-    is_small = ctx.data in (None, "digits")
-    size = ctx.option("image_size", 16 if is_small else cifar_defaults["image_size"])
+def _prepare(ctx: RunContext, other_size: int | None):
+    """Train/test sets resized to ``--set image_size`` (default 16 on digits, else ``other_size``)."""
+    size = ctx.option("image_size", 16 if ctx.data in (None, "digits") else other_size)
     train_set, test_set, name = load_train_test(ctx.data)
     train_set, test_set = _resize(train_set, size), _resize(test_set, size)
     check_finite(train_set.images, f"images of {name}")
+    check_finite(test_set.images, f"test images of {name}")
     return train_set, test_set, name, size
+
+
+def _widths_and_d0(ctx: RunContext) -> tuple[tuple[int, ...], int | None]:
+    widths = tuple(ctx.option("widths"))
+    if not widths:
+        raise UserInputError("--set widths needs at least one channel count, got none.")
+    d0 = ctx.option("d0")
+    if d0 is not None and d0 > widths[-1]:
+        raise UserInputError(
+            f"--set d0={d0}: expected at most the representation width {widths[-1]} (the last of widths)."
+        )
+    return widths, d0
 
 
 def run_mode(mode: str, train_set: ImageTensorDataset, test_set: ImageTensorDataset, cfg: DirectCLRConfig, ctx: RunContext,
              run_dir: RunDir, widths: tuple[int, ...], d0: int | None, eval_train: int | None, eval_test: int | None,
-             probe_size: int = 512) -> dict:  # fmt: skip
+             probe_size: int = 512, checkpointer: Checkpointer | None = None) -> dict:  # fmt: skip
     """Train one mode with collapse monitoring, evaluate r, write plots into ``run_dir``."""
     torch.manual_seed(ctx.seed)  # every mode starts from the same backbone weights
     backbone = TinyResNet(train_set.images.shape[1], widths=widths)
@@ -82,16 +105,16 @@ def run_mode(mode: str, train_set: ImageTensorDataset, test_set: ImageTensorData
         d0=d0,
         mode=mode,
         feat_dim=backbone.out_dim,
-        num_classes=train_set.num_classes,
+        num_classes=train_set.num_classes if cfg.online_classifier else None,
         config=cfg,
     )
     probe = _balanced_head(test_set, probe_size).images
     t0 = time.perf_counter()
     res = train_directclr(model, train_set, cfg, ctx.device, ctx.seed, ctx.progress, probe=probe,
-                          monitor_every=int(ctx.option("monitor_every", 50)))  # fmt: skip
+                          monitor_every=ctx.option("monitor_every"), checkpointer=checkpointer)  # fmt: skip
     train_s = time.perf_counter() - t0
     ev_tr, ev_te = _balanced_head(train_set, eval_train), _balanced_head(test_set, eval_test)
-    scores = evaluate_representation(model.backbone, ev_tr, ev_te, device=ctx.device)
+    scores = evaluate_representation(model.backbone, ev_tr, ev_te, ctx.device, ctx.progress)
     z_test = embed(model.backbone, ev_te.images, device=ctx.device)
     for tracker in res.trackers.values():
         tracker.plot(run_dir)
@@ -100,46 +123,39 @@ def run_mode(mode: str, train_set: ImageTensorDataset, test_set: ImageTensorData
     run_dir.save_checkpoint({"model": model.state_dict(), "mode": mode, "d0": model.d0, "config": asdict(cfg)},
                             name=f"checkpoint_{mode}.pt")  # fmt: skip
     last = res.trackers["representation"].history[-1]
-    return {
+    row = {
         "mode": mode, "d0": model.d0 if mode == "directclr" else None, **scores,
         "nonzero_eigenvalues": last["nonzero_eigenvalues"], "dim": model.feat_dim,
-        "online_classifier_acc": sum(res.classifier_acc[-20:]) / max(1, len(res.classifier_acc[-20:])),
         "final_loss": res.losses[-1], "steps": len(res.losses), "train_s": train_s,
         "_spectrum": spectrum(z_test), "_z": z_test, "_labels": ev_te.labels,
     }  # fmt: skip
+    if res.classifier_acc:
+        row["online_classifier_acc"] = sum(res.classifier_acc[-20:]) / len(res.classifier_acc[-20:])
+    return row
 
 
 def _config(ctx: RunContext, epochs: int) -> DirectCLRConfig:
-    cfg = DirectCLRConfig(epochs=epochs)
-    over = {
-        k: type(getattr(cfg, k))(v)
-        for k, v in ctx.options.items()
-        if hasattr(cfg, k) and not isinstance(getattr(cfg, k), tuple)
-    }
-    return replace(cfg, **over)
+    """The paper's config with every ``--set`` field (declared in :data:`OPTIONS`) and ``epochs``."""
+    return config_from_options(ctx, DirectCLRConfig, exclude=("epochs",), epochs=epochs)
 
 
 def run(ctx: RunContext) -> dict[str, float]:
     """Train one mode; writes config, metrics, checkpoint, loss, spectra, collapse curves, embedding map."""
-    mode = ctx.option("mode", "directclr")
-    if mode not in MODES:
-        from plugins.errors import UserInputError
-
-        raise UserInputError(f"--set mode must be one of {', '.join(MODES)}, got {mode!r}.")
-    with ctx.cpu_threads(ctx.option("threads", 1 if ctx.device.type == "cpu" else None)):
-        train_set, test_set, name, size = _prepare(ctx, {"image_size": 32})
+    ctx = declared(ctx, OPTIONS["run"])
+    mode = ctx.option("mode")
+    with ctx.cpu_threads(1 if ctx.device.type == "cpu" else None):
+        widths, d0 = _widths_and_d0(ctx)
+        train_set, test_set, name, size = _prepare(ctx, 32)
         epochs = ctx.epochs or (6 if ctx.demo else 100)
         cfg = _config(ctx, epochs)
-        cfg = replace(cfg, batch_size=int(ctx.option("batch_size", 128)))
-        widths = tuple(ctx.option("widths", [16, 32, 64] if ctx.demo else [32, 64, 128]))
-        d0 = ctx.option("d0", None)
         ctx.run_dir.save_config({"method": "directclr", "mode": mode, "data": name, "image_size": size, "widths": widths,
                                  "d0": d0 if d0 is not None else default_d0(widths[-1], cfg.d0_fraction), "seed": ctx.seed,
                                  "device": ctx.device, **asdict(cfg)})  # fmt: skip
         eval_n = 2000 if ctx.demo else None
-        row = run_mode(mode, train_set, test_set, cfg, ctx, ctx.run_dir, widths, d0, eval_n, eval_n)
+        row = run_mode(mode, train_set, test_set, cfg, ctx, ctx.run_dir, widths, d0, eval_n, eval_n,
+                       checkpointer=ctx.checkpointer())  # fmt: skip
         ctx.run_dir.plot_spectrum({mode: row["_spectrum"]}, name="spectrum.png")
-        m = int(ctx.option("map_points", 500))  # t-SNE cost; the map only needs a sample
+        m = ctx.option("map_points")  # t-SNE cost; the map only needs a sample
         ctx.run_dir.plot_embedding(
             row["_z"][:m], row["_labels"][:m], title=f"DirectCLR[{mode}] on {name} (test)"
         )
@@ -202,25 +218,33 @@ def reproduce(ctx: RunContext) -> dict[str, float]:
     CPU budget for ``--data cifar10`` (about 10 minutes on 2 shared cores): 16x16 images, TinyResNet
     widths (16, 32, 64) so D = 64 and d0 = 11, batch 128, 4 epochs of the 10k subset per mode, kNN and
     linear probe on 5,000 / 5,000 class-balanced images. ``--set`` overrides ``image_size``, ``widths``,
-    ``eval_train``, ``eval_test``, ``batch_size``, ``optimizer`` and the other config fields.
+    ``eval_train``, ``eval_test``, ``modes``, ``batch_size``, ``optimizer`` and the other config
+    fields (``OPTIONS["reproduce"]``). The modes train separate models, so ``--resume`` retrains the
+    modes before the checkpoint's one and continues that one.
     """
+    ctx = declared(ctx, OPTIONS["reproduce"])
     out: dict[str, float] = {}
-    with ctx.cpu_threads(ctx.option("threads", 1 if ctx.device.type == "cpu" else None)):
-        toy_rows, toy_out = run_toys(ctx.run_dir, ctx.seed)
+    with ctx.cpu_threads(1 if ctx.device.type == "cpu" else None):
+        with phase("linear toy simulations", show=ctx.progress):
+            toy_rows, toy_out = run_toys(ctx.run_dir, ctx.seed)
         ctx.run_dir.save_table(toy_rows, "toy_table.md")
         out.update(toy_out)
-        if ctx.option("toys_only", False):
+        if ctx.option("toys_only"):
             ctx.run_dir.save_metrics(out)
             return out
         is_small = ctx.data in (None, "digits")
-        train_set, test_set, name, size = _prepare(ctx, {"image_size": 16})
-        epochs = ctx.epochs or (1 if ctx.demo else (30 if is_small else 4))
-        cfg = replace(_config(ctx, epochs), batch_size=int(ctx.option("batch_size", 128)))
-        widths = tuple(ctx.option("widths", [16, 32, 64]))
+        widths, d0 = _widths_and_d0(ctx)
+        modes = ctx.option("modes")
+        if not modes:
+            raise UserInputError(f"--set modes needs at least one of {', '.join(MODES)}, got none.")
+        train_set, test_set, name, size = _prepare(ctx, 16)
+        epochs = ctx.epochs or (30 if is_small else 4)
+        cfg = _config(ctx, epochs)
         eval_train = ctx.option("eval_train", None if is_small else 5000)
         eval_test = ctx.option("eval_test", None if is_small else 5000)
         ctx.run_dir.save_config({"method": "directclr", "reproduce": True, "data": name, "image_size": size, "widths": widths,
-                                 "eval_train": eval_train, "eval_test": eval_test, "seed": ctx.seed, **asdict(cfg)})  # fmt: skip
+                                 "modes": modes, "eval_train": eval_train, "eval_test": eval_test, "seed": ctx.seed,
+                                 **asdict(cfg)})  # fmt: skip
         rows, spectra = [], {}
         torch.manual_seed(ctx.seed)  # the weights every mode starts from, evaluated untrained
         untrained = zero_init_residual(TinyResNet(train_set.images.shape[1], widths=widths))
@@ -228,24 +252,15 @@ def reproduce(ctx: RunContext) -> dict[str, float]:
         rows.append(
             {
                 "mode": "random init (untrained)",
-                **evaluate_representation(untrained, ev_tr, ev_te, device=ctx.device),
+                **evaluate_representation(untrained, ev_tr, ev_te, ctx.device, ctx.progress),
             }
         )
         spectra["random init"] = spectrum(embed(untrained, ev_te.images, device=ctx.device))
-        for mode in ctx.option("modes", list(MODES)):
+        ckpt = ctx.checkpointer(stages=tuple(modes))
+        for mode in modes:
             sub = RunDir(path=ctx.run_dir.path / mode)
-            row = run_mode(
-                mode,
-                train_set,
-                test_set,
-                cfg,
-                ctx,
-                sub,
-                widths,
-                ctx.option("d0", None),
-                eval_train,
-                eval_test,
-            )
+            row = run_mode(mode, train_set, test_set, cfg, ctx, sub, widths, d0, eval_train, eval_test,
+                           checkpointer=independent_stage(ckpt, mode))  # fmt: skip
             spectra[mode] = row["_spectrum"]
             rows.append({k: v for k, v in row.items() if not k.startswith("_")})
             out.update(
@@ -261,3 +276,116 @@ def reproduce(ctx: RunContext) -> dict[str, float]:
     ctx.run_dir.save_table(PAPER_CONTEXT, "paper_context.md")
     ctx.run_dir.save_metrics(out)
     return out
+
+
+_CONFIG_OPTIONS = options_from_dataclass(
+    DirectCLRConfig,
+    exclude=("epochs",),  # --epochs
+    defaults={"batch_size": 128},  # CPU scale (config: 256, paper: 4096)
+    help={
+        "d0_fraction": "share of the representation the loss sees (paper 360/2048)",
+        "temperature": "InfoNCE temperature (paper 0.1)",
+        "negatives": "cross_view (paper's code) or all (lightly's NT-Xent form)",
+        "projection_dim": "simclr mode: projector output size",
+        "optimizer": "lars (paper) or adam",
+        "base_lr": "LARS lr at base_batch_size, scaled linearly with the batch",
+        "base_batch_size": "the batch size base_lr refers to",
+        "adam_lr": "learning rate with optimizer=adam",
+        "weight_decay": "weight decay",
+        "lars_eta": "LARS trust coefficient",
+        "warmup_fraction": "share of the steps with linear warm-up",
+        "batch_size": "images per step",
+        "blur_p": "blur probability of view 1 and view 2",
+        "solarize_p": "solarisation probability of view 1 and view 2",
+        "crop_scale": "random-resized-crop area range, two numbers",
+        "online_classifier": "train a linear classifier on detached r (logged only)",
+    },
+    ranges={
+        "d0_fraction": (1e-6, 1),
+        "temperature": (1e-4, None),
+        "projection_dim": (1, None),
+        "base_lr": (0, None),
+        "base_batch_size": (1, None),
+        "adam_lr": (0, None),
+        "weight_decay": (0, None),
+        "lars_eta": (0, None),
+        "warmup_fraction": (0, 1),
+        "batch_size": (2, None),
+        "blur_p": (0, 1),
+        "solarize_p": (0, 1),
+        "crop_scale": (0, 1),
+    },
+    choices={"negatives": ("cross_view", "all"), "optimizer": ("lars", "adam")},
+)
+
+
+def _d0() -> Option:
+    return Option("d0", "int", None, "leading dims the loss sees (directclr mode)", nullable=True,
+                  low=1, default_doc="round(D * d0_fraction), D = the last width")  # fmt: skip
+
+
+def _monitor_every() -> Option:
+    return Option("monitor_every", "int", 50, "steps between collapse-spectrum checks", low=1)
+
+
+OPTIONS = {
+    "run": OptionSet(
+        Option("mode", "str", "directclr", "what the loss sees (paper Table 1)", choices=MODES),
+        Option(
+            "image_size",
+            "int",
+            None,
+            "resize images to this side",
+            nullable=True,
+            low=8,
+            default_doc="16 on digits, else 32",
+        ),
+        Option(
+            "widths",
+            "int",
+            [32, 64, 128],
+            "TinyResNet channels per stage; D = the last",
+            demo_default=[16, 32, 64],
+            many=True,
+            low=1,
+        ),
+        _d0(),
+        _monitor_every(),
+        Option("map_points", "int", 500, "test points in the t-SNE embedding map", low=2),
+        _CONFIG_OPTIONS,
+    ),
+    "reproduce": OptionSet(
+        Option("toys_only", "bool", False, "run only the paper's linear toy simulations"),
+        Option("modes", "str", list(MODES), "modes to train and compare", many=True, choices=MODES),
+        Option("image_size", "int", 16, "resize images to this side", low=8),
+        Option(
+            "widths",
+            "int",
+            [16, 32, 64],
+            "TinyResNet channels per stage; D = the last",
+            many=True,
+            low=1,
+        ),
+        _d0(),
+        _monitor_every(),
+        Option(
+            "eval_train",
+            "int",
+            None,
+            "class-balanced training images for kNN / probe",
+            nullable=True,
+            low=1,
+            default_doc="all on digits, else 5000",
+        ),
+        Option(
+            "eval_test",
+            "int",
+            None,
+            "class-balanced test images for kNN / probe",
+            nullable=True,
+            low=1,
+            default_doc="all on digits, else 5000",
+        ),
+        _CONFIG_OPTIONS,
+    ),
+}

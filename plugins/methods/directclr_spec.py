@@ -9,4 +9,5 @@ SPEC = MethodSpec(
     run="plugins.methods.directclr_run:run",
     reproduce="plugins.methods.directclr_run:reproduce",
     demo_metric="knn_acc",
+    options="plugins.methods.directclr_run:OPTIONS",
 )

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from plugins.checkpoint import Checkpointer
 from plugins.data import ImageTensorDataset, TwoViewAugment
 from plugins.methods.directclr import DirectCLR, DirectCLRConfig
+from plugins.methods.simclr import check_resumed_permutation
 from plugins.monitoring import CollapseTracker
+from plugins.progress import progress_bar
 
 __all__ = ["LARS", "lr_at", "solarize", "AsymmetricAugment", "TrainResult", "train_directclr"]
 
@@ -128,11 +132,15 @@ def train_directclr(
     probe: torch.Tensor | None = None,
     monitor_every: int = 50,
     augment: nn.Module | None = None,
+    checkpointer: Checkpointer | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``dataset.images`` (labels feed only the online classifier).
 
     ``probe`` (M, C, H, W) held-out images: their representation and embedding spectra are tracked
     every ``monitor_every`` steps (and at the end) with :class:`CollapseTracker`.
+    ``checkpointer`` saves the training state (model, LARS/Adam state, generator, losses, collapse
+    history) after optimisation steps and resumes from its ``--resume`` file to the same final
+    parameters as an uninterrupted run.
     """
     cfg = config or model.config
     device = (
@@ -164,31 +172,58 @@ def train_directclr(
             trackers["embedding"].update(step, model.project(r))
         model.train()
 
-    check(0)
+    state: dict[str, Any] = {"perm": torch.empty(0, dtype=torch.long)}
+    history: dict[str, Any] = {}
+    objects = dict(model=model, opt=opt, gen=g, losses=losses, accs=accs, state=state)
+    start = checkpointer.restore(total, **objects, trackers=history) if checkpointer else 0
+    check_resumed_permutation(state["perm"], n, start, steps_per_epoch, checkpointer)
+    if history:
+        _load_trackers(trackers, history)
+    if start == 0:
+        check(0)
     model.train()
-    step = 0
-    bar = tqdm(total=total, desc=f"directclr[{model.mode}]", disable=not progress, leave=False)
-    for _ in range(cfg.epochs):
-        perm = torch.randperm(n, generator=g)
-        for s in range(steps_per_epoch):
-            idx = perm[s * bs : (s + 1) * bs]
-            x = images[idx].to(device, non_blocking=True)
-            x1, x2 = augment(x)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, total, peak, cfg.warmup_fraction)
-            out = model(x1, x2, labels[idx].to(device) if model.classifier is not None else None)
-            opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            opt.step()
-            step += 1
-            losses.append(float(out["contrastive_loss"].detach()))
-            if "classifier_acc" in out:
-                accs.append(float(out["classifier_acc"]))
-            if trackers["representation"].due(step):
-                check(step)
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    bar = progress_bar(total=total, initial=start, desc=f"directclr[{model.mode}]", show=progress)
+    for step in range(start, total):
+        epoch, s = divmod(step, steps_per_epoch)
+        if s == 0:
+            state["perm"] = torch.randperm(n, generator=g)
+        idx = state["perm"][s * bs : (s + 1) * bs]
+        x = images[idx].to(device, non_blocking=True)
+        x1, x2 = augment(x)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, total, peak, cfg.warmup_fraction)
+        out = model(x1, x2, labels[idx].to(device) if model.classifier is not None else None)
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        opt.step()
+        losses.append(float(out["contrastive_loss"].detach()))
+        if "classifier_acc" in out:
+            accs.append(float(out["classifier_acc"]))
+        if trackers["representation"].due(step + 1):
+            check(step + 1)
+        bar.update()
+        bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{losses[-1]:.3f}")
+        if checkpointer:
+            checkpointer.step(step + 1, **objects, trackers=_tracker_state(trackers))
     bar.close()
-    if trackers["representation"].last_step != step:
-        check(step)
+    if trackers["representation"].last_step != total:
+        check(total)
     return TrainResult(model, losses, trackers, accs)
+
+
+def _tracker_state(trackers: dict[str, CollapseTracker]) -> dict[str, Any]:
+    """The collapse histories as tensors and plain containers (safe to load with weights_only)."""
+    return {
+        on: {
+            "history": [{k: float(v) for k, v in h.items()} for h in t.history],
+            "spectra": {k: torch.from_numpy(np.asarray(v).copy()) for k, v in t.spectra.items()},
+        }
+        for on, t in trackers.items()
+    }
+
+
+def _load_trackers(trackers: dict[str, CollapseTracker], state: dict[str, Any]) -> None:
+    for on, t in trackers.items():
+        saved = state.get(on, {"history": [], "spectra": {}})
+        t.history = [dict(h) for h in saved["history"]]
+        t.spectra = {int(k): v.numpy() for k, v in saved["spectra"].items()}

@@ -124,6 +124,18 @@ class HCSC(nn.Module):
             self._cached_for = clusters
         return self._queue_probs
 
+    def queue_cache(self, clusters: ClusterResult | None) -> list[torch.Tensor] | None:
+        """The cached queue-to-prototype probabilities for ``clusters`` (None when not cached);
+        saved in training checkpoints with the queue, since they are updated slot by slot."""
+        if clusters is None or self._cached_for is not clusters:
+            return None
+        return list(self._queue_probs)
+
+    def set_queue_cache(self, clusters: ClusterResult, probs: list[torch.Tensor]) -> None:
+        """Restore :meth:`queue_cache` (from a checkpoint) for ``clusters``."""
+        device = self.queue.features.device
+        self._queue_probs, self._cached_for = [p.to(device) for p in probs], clusters
+
     @torch.no_grad()
     def _prototype_cache(self, clusters: ClusterResult) -> tuple[list[torch.Tensor], list[int]]:
         """Parent softmax of every level below the top and each level's highest assigned id; both

@@ -4,52 +4,61 @@ and the HCSC vs MoCo v2 vs SimCLR reproduction on the shared CIFAR-10 subset."""
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
 import numpy as np
 import torch
 
+from plugins.checkpoint import Checkpointer
 from plugins.data import ImageTensorDataset, check_finite
+from plugins.errors import UserInputError
 from plugins.methods.hcsc_kmeans import scaled_cluster_sizes
 from plugins.methods.hcsc_model import HCSCConfig
 from plugins.methods.hcsc_train import TrainHistory, train_hcsc
+from plugins.methods.simclr import declared, independent_stage
 from plugins.metrics import spectrum
+from plugins.options import Option, OptionSet, config_from_options, options_from_dataclass
 from plugins.reporting import RunContext, RunDir
 
-__all__ = ["run", "reproduce", "cpu_config"]
+__all__ = ["run", "reproduce", "cpu_config", "OPTIONS"]
+
+#: fields whose CPU-scale default depends on the data set or the epochs (see :func:`cpu_config`)
+_DERIVED = ("warmup_epochs", "queue_size", "cluster_sizes")
 
 
-def _tuple(value: object) -> tuple[int, ...]:
-    if isinstance(value, str):
-        value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
-    return tuple(int(v) for v in value)  # type: ignore[union-attr]
-
-
-def cpu_config(ctx: RunContext, num_samples: int, epochs: int) -> HCSCConfig:
+def cpu_config(
+    ctx: RunContext, num_samples: int, epochs: int, image_size: int | None = None
+) -> HCSCConfig:
     """The paper's config scaled to a small data set and a CPU budget (every change is named here).
 
     queue <= N/2 (16,384 is larger than our data sets), cluster sizes N/40 : N/60 : N/120
     (paper's 3:2:1), EMA momentum 0.99 (0.999 barely moves the key encoder in a few hundred steps),
     warm-up a quarter of the epochs (paper: 20 of 200), Adam (as the SimCLR row) unless
-    ``--set optimizer=sgd``, one k-means restart.
+    ``--set optimizer=sgd``, one k-means restart. The fixed CPU-scale values are the option
+    defaults in :data:`OPTIONS`; the data-dependent ones are computed here.
     """
-    base = HCSCConfig()
-    opt = ctx.options
-    sizes = opt.get("cluster_sizes")
-    return replace(
-        base,
+    sizes = ctx.option("cluster_sizes", None)
+    sizes = tuple(sizes) if sizes else scaled_cluster_sizes(num_samples)
+    for level, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        if b > a:
+            raise UserInputError(
+                f"--set cluster_sizes={','.join(map(str, sizes))}: expected decreasing sizes, "
+                f"level {level + 1} has more prototypes than level {level}."
+            )
+    if sizes[0] > num_samples:
+        raise UserInputError(
+            f"--set cluster_sizes={','.join(map(str, sizes))}: expected at most {num_samples} "
+            "prototypes at level 0 (the training images)."
+        )
+    return config_from_options(
+        ctx,
+        HCSCConfig,
+        exclude=("epochs", "image_size", *_DERIVED),
         epochs=epochs,
-        warmup_epochs=int(opt.get("warmup_epochs", max(1, epochs // 4))),
-        batch_size=int(opt.get("batch_size", 256)),
-        queue_size=int(opt.get("queue_size", min(base.queue_size, num_samples // 2))),
-        momentum=float(opt.get("momentum", 0.99)),
-        cluster_sizes=_tuple(sizes) if sizes is not None else scaled_cluster_sizes(num_samples),
-        kmeans_restarts=int(opt.get("kmeans_restarts", 1)),
-        optimizer=str(opt.get("optimizer", "adam")),
-        arch=str(opt.get("arch", "tiny")),
-        multi_crop=bool(opt.get("multi_crop", False)),
-        reference_semantics=bool(opt.get("reference_semantics", False)),
-        image_size=opt.get("image_size"),
+        image_size=image_size,
+        warmup_epochs=ctx.option("warmup_epochs", max(1, epochs // 4)),
+        queue_size=ctx.option("queue_size", min(HCSCConfig.queue_size, num_samples // 2)),
+        cluster_sizes=sizes,
     )
 
 
@@ -99,17 +108,20 @@ def _train_and_evaluate(
     clustering: bool,
     name: str,
     embedding_map: bool = True,
+    checkpointer: Checkpointer | None = None,
 ) -> dict[str, float]:
     from plugins.methods.simclr import embed, evaluate_representation
 
     t0 = time.perf_counter()
-    model, hist = train_hcsc(train_set, cfg, ctx.device, ctx.seed, ctx.progress, clustering)
+    model, hist = train_hcsc(
+        train_set, cfg, ctx.device, ctx.seed, ctx.progress, clustering, checkpointer=checkpointer
+    )
     seconds = time.perf_counter() - t0
     size = cfg.image_size
     if size is not None and size != train_set.images.shape[-1]:
         train_set = _resized(train_set, size)
         test_set = _resized(test_set, size)
-    metrics = evaluate_representation(model.encoder, train_set, test_set)
+    metrics = evaluate_representation(model.encoder, train_set, test_set, progress=ctx.progress)
     metrics.update(train_seconds=seconds, final_loss=hist.losses[-1])
     if hist.nmi:
         metrics.update(
@@ -134,12 +146,13 @@ def run(ctx: RunContext) -> dict[str, float]:
     """Train HCSC on ``ctx.data`` (default: digits upsampled to 16 px) and evaluate kNN / linear probe."""
     from plugins.data import load_train_test
 
+    ctx = declared(ctx, OPTIONS["run"])
     size = ctx.option("image_size", 16 if ctx.data in (None, "digits") else None)
     train_set, test_set, data_name = load_train_test(ctx.data, size=size)
     check_finite(train_set.images, f"images of {data_name}")
-    epochs = int(ctx.epochs or (3 if ctx.demo else 40))
-    cfg = cpu_config(ctx, len(train_set), epochs)
-    clustering = bool(ctx.option("clustering", True))
+    epochs = ctx.epochs or (3 if ctx.demo else 40)
+    cfg = cpu_config(ctx, len(train_set), epochs, size)
+    clustering = ctx.option("clustering")
     ctx.run_dir.save_config(
         {
             "method": "hcsc",
@@ -151,8 +164,9 @@ def run(ctx: RunContext) -> dict[str, float]:
         }
     )
     metrics = _train_and_evaluate(
-        ctx, ctx.run_dir, train_set, test_set, cfg, clustering, "hcsc" if clustering else "moco v2"
-    )
+        ctx, ctx.run_dir, train_set, test_set, cfg, clustering, "hcsc" if clustering else "moco v2",
+        checkpointer=ctx.checkpointer(),
+    )  # fmt: skip
     ctx.run_dir.save_metrics(metrics)
     return metrics
 
@@ -164,13 +178,15 @@ def reproduce(ctx: RunContext) -> dict[str, float]:
     ``test_limit=5000`` test images (balanced: rows alternate by class), resized to
     ``image_size=16`` px, batch 128, 4 epochs (1 of plain-MoCo warm-up), so that the three runs fit
     in about 10 minutes on 2 shared CPU cores. The 2-D t-SNE maps are left out here (minutes each on
-    a loaded CPU); ``run`` writes them.
+    a loaded CPU); ``run`` writes them. The three runs train separate models, so ``--resume``
+    retrains the runs before the checkpoint's one and continues that one.
     """
     from plugins.data import load_cifar10
     from plugins.methods.simclr import SimCLRConfig, evaluate_representation, train_simclr
 
-    limit, test_limit = int(ctx.option("train_limit", 2000)), int(ctx.option("test_limit", 5000))
-    size = int(ctx.option("image_size", 16))
+    ctx = declared(ctx, OPTIONS["reproduce"])
+    limit, test_limit = ctx.option("train_limit"), ctx.option("test_limit")
+    size = ctx.option("image_size")
     if ctx.data in (None, "cifar10"):
         train_set = load_cifar10(train=True, limit=limit)
         test_set = load_cifar10(train=False, limit=test_limit)
@@ -178,32 +194,33 @@ def reproduce(ctx: RunContext) -> dict[str, float]:
         from plugins.data import load_train_test
 
         train_set, test_set, _ = load_train_test(ctx.data)
+    check_finite(train_set.images, f"images of {ctx.data or 'cifar10'}")
     if size != train_set.images.shape[-1]:
         train_set, test_set = _resized(train_set, size), _resized(test_set, size)
     data_name = (
         f"{ctx.data or 'cifar10'} ({len(train_set)} train / {len(test_set)} test, {size} px)"
     )
-    epochs = int(ctx.epochs or 4)
-    cfg = replace(
-        cpu_config(ctx, len(train_set), epochs),
-        batch_size=int(ctx.option("batch_size", 128)),
-        image_size=None,
-    )
+    epochs = ctx.epochs or 4
+    cfg = cpu_config(ctx, len(train_set), epochs)
     ctx.run_dir.save_config(
         {"method": "hcsc", "reproduce": True, "data": data_name, "seed": ctx.seed, **asdict(cfg)}
     )
     rows, out = [], {}
+    ckpt = ctx.checkpointer(stages=("hcsc", "moco_v2", "simclr"))
     for name, clustering in (("HCSC", True), ("MoCo v2", False)):
-        sub = RunDir(path=ctx.run_dir.path / name.lower().replace(" ", "_"))
-        m = _train_and_evaluate(ctx, sub, train_set, test_set, cfg, clustering, name, False)
+        key = name.lower().replace(" ", "_")
+        sub = RunDir(path=ctx.run_dir.path / key)
+        m = _train_and_evaluate(ctx, sub, train_set, test_set, cfg, clustering, name, False,
+                                checkpointer=independent_stage(ckpt, key))  # fmt: skip
         sub.save_metrics(m)
         rows.append({"method": name, **{k: m.get(k) for k in _COLUMNS}})
         out.update({f"{name.split()[0].lower()}_{k}": v for k, v in m.items()})
     scfg = SimCLRConfig(epochs=epochs, batch_size=cfg.batch_size, arch=cfg.arch)
     t0 = time.perf_counter()
-    model, _ = train_simclr(train_set, scfg, ctx.device, ctx.seed, ctx.progress)
+    model, _ = train_simclr(train_set, scfg, ctx.device, ctx.seed, ctx.progress,
+                            checkpointer=independent_stage(ckpt, "simclr"))  # fmt: skip
     m = {
-        **evaluate_representation(model.encoder, train_set, test_set),
+        **evaluate_representation(model.encoder, train_set, test_set, progress=ctx.progress),
         "train_seconds": time.perf_counter() - t0,
     }
     rows.append({"method": "SimCLR", **{k: m.get(k) for k in _COLUMNS}})
@@ -239,3 +256,84 @@ _COLUMNS = (
     "true_negatives_removed",
     "train_seconds",
 )
+
+
+_CONFIG_OPTIONS = options_from_dataclass(
+    HCSCConfig,
+    exclude=("epochs", "image_size"),  # --epochs; image_size is a run-level key
+    # CPU scale (see cpu_config); None: derived from the data set and the epochs
+    defaults={
+        "momentum": 0.99,
+        "kmeans_restarts": 1,
+        "optimizer": "adam",
+        **dict.fromkeys(_DERIVED),
+    },
+    default_docs={
+        "warmup_epochs": "a quarter of the epochs, at least 1",
+        "queue_size": "min(16384, half the training images)",
+        "cluster_sizes": "training images / 40, / 60, / 120",
+    },
+    help={
+        "dim": "projection output size",
+        "queue_size": "MoCo queue length",
+        "momentum": "key-encoder EMA momentum (paper 0.999)",
+        "temperature": "InfoNCE temperature and mean prototype concentration",
+        "lr": "SGD base lr, scaled by batch/256 (optimizer=adam uses 1e-3)",
+        "sgd_momentum": "SGD momentum",
+        "weight_decay": "SGD weight decay (optimizer=adam uses 1e-6)",
+        "batch_size": "images per step",
+        "warmup_epochs": "plain-MoCo epochs before clustering starts",
+        "cluster_sizes": "prototypes per hierarchy level, decreasing",
+        "kmeans_iters": "Lloyd iterations per k-means",
+        "kmeans_restarts": "k-means restarts per level (paper 5)",
+        "instance_selection": "selective instance negatives (eq. 4-5)",
+        "prototype_selection": "selective prototype negatives (eq. 6-7)",
+        "prototype_loss": "the prototype InfoNCE term",
+        "reference_semantics": "the authors' code (zeroed logits, off-by-one top id)",
+        "cache_queue_probs": "cache the queue-to-prototype softmax (same result, faster)",
+        "multi_crop": "2 global + 4 local crops",
+        "local_crop_sizes": "local crop sides relative to 224-pixel global crops",
+        "optimizer": "sgd (paper) or adam",
+        "arch": "encoder: tiny (CPU ResNet) or a torchvision ResNet name",
+        "crop_scale": "random-resized-crop area range, two numbers",
+    },
+    ranges={
+        "dim": (1, None),
+        "queue_size": (1, None),
+        "momentum": (0, 1),
+        "temperature": (1e-4, None),
+        "lr": (0, None),
+        "sgd_momentum": (0, 1),
+        "weight_decay": (0, None),
+        "batch_size": (2, None),
+        "warmup_epochs": (0, None),
+        "cluster_sizes": (2, None),
+        "kmeans_iters": (1, None),
+        "kmeans_restarts": (1, None),
+        "local_crop_sizes": (1, 224),
+        "crop_scale": (0, 1),
+    },
+    choices={"optimizer": ("sgd", "adam")},
+)
+
+OPTIONS = {
+    "run": OptionSet(
+        Option(
+            "image_size",
+            "int",
+            None,
+            "resize images to this side",
+            nullable=True,
+            low=8,
+            default_doc="16 on digits, else the data's size",
+        ),
+        Option("clustering", "bool", True, "false: plain MoCo v2 (no prototypes, no selection)"),
+        _CONFIG_OPTIONS,
+    ),
+    "reproduce": OptionSet(
+        Option("train_limit", "int", 2000, "first CIFAR-10 training images used", low=10),
+        Option("test_limit", "int", 5000, "first CIFAR-10 test images used", low=10),
+        Option("image_size", "int", 16, "resize images to this side", low=8),
+        OptionSet(_CONFIG_OPTIONS).replace("batch_size", default=128).values(),
+    ),
+}

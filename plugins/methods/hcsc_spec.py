@@ -9,4 +9,5 @@ SPEC = MethodSpec(
     run="plugins.methods.hcsc:run",
     reproduce="plugins.methods.hcsc:reproduce",
     demo_metric="knn_acc",
+    options="plugins.methods.hcsc_run:OPTIONS",
 )

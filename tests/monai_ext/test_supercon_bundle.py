@@ -115,3 +115,169 @@ def test_bundle_command_line(tmp_path):
     cmd = [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def"]
     cmd += ["--meta_file", META, "--config_file", str(CONFIGS / "inference.yaml")]
     subprocess.run(cmd, check=True, env=env)
+
+
+# -- every config on real photographs (no shared data needed), and one-sentence errors -------------
+def _photo_folder(root: Path, per_class: int = 8, side: int = 40) -> Path:
+    """Class-per-folder JPEGs cut from scikit-learn's two sample photographs (real images)."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    for name, img in zip(("china", "flower"), load_sample_images().images):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            y, x = divmod(i, 4)
+            patch = img[30 + 90 * y : 30 + 90 * y + side, 40 + 140 * x : 40 + 140 * x + side]
+            Image.fromarray(np.ascontiguousarray(patch)).save(root / name / f"{name}_{i}.jpg")
+    return root
+
+
+def _common(root: Path) -> dict:
+    return {"meta_file": META, "bundle_root": str(root), **SMALL}
+
+
+def test_every_config_runs_and_stage2_saves_a_model_whatever_val_interval(tmp_path):
+    """Each YAML/JSON config of the bundle parses and runs: stage 1 (one epoch), stage 2 with one
+    epoch and ``val_interval`` 5 (validation runs at the last epoch, so ``model.pt`` exists), and
+    inference."""
+    import json
+
+    from monai.bundle import run
+
+    meta = json.loads(Path(META).read_text())
+    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 2
+    assert {p.name for p in CONFIGS.iterdir()} == {
+        "metadata.json", "train_stage1.yaml", "train_stage2.yaml", "inference.yaml",
+    }  # fmt: skip
+    _photo_folder(tmp_path / "data")
+    common = _common(tmp_path)
+    run(config_file=str(CONFIGS / "train_stage1.yaml"), max_epochs=1, **common)
+    stage1 = torch.load(tmp_path / "models" / "stage1.pt", map_location="cpu", weights_only=True)
+    run(
+        config_file=str(CONFIGS / "train_stage2.yaml"), max_epochs=1, val_interval=5, lr=0.05,
+        **common,
+    )  # fmt: skip
+    model = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    model, stage1 = model.get("model", model), stage1.get("model", stage1)
+    assert not torch.equal(model["classifier.weight"], stage1["classifier.weight"])
+    assert torch.equal(model["encoder.stem.0.weight"], stage1["encoder.stem.0.weight"])
+
+    out = tmp_path / "eval" / "probabilities.csv"
+    run(
+        config_file=str(CONFIGS / "inference.yaml"), output_csv=str(out),
+        class_names=["china", "flower"], **common,
+    )  # fmt: skip
+    with out.open() as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["image", "china", "flower"] and len(rows) == 1 + 16
+    probs = np.array([[float(v) for v in r[1:]] for r in rows[1:]])
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+    assert not list(out.parent.glob(".*.tmp"))  # written under a temporary name, then renamed
+
+
+@pytest.mark.parametrize(
+    "config, override, needle",
+    [
+        (
+            "train_stage1.yaml",
+            {"max_epochs": 0},
+            "max_epochs must be an integer of at least 1, got 0",
+        ),
+        ("train_stage1.yaml", {"batch_size": 1}, "batch_size must be an integer of at least 2"),
+        ("train_stage1.yaml", {"balanced": "maybe"}, "balanced must be true or false, got 'maybe'"),
+        ("train_stage1.yaml", {"data_dir": "/nonexistent/isic"}, "data_dir does not exist"),
+        ("train_stage1.yaml", {"num_classes": 3}, "num_classes is 3 but the data has 2 classes"),
+        ("train_stage1.yaml", {"val_fraction": 1.5}, "val_fraction must be a number from 0.01"),
+        (
+            "train_stage2.yaml",
+            {"encoder_mode": "frozen"},
+            "encoder_mode must be one of eval, train",
+        ),
+        ("train_stage2.yaml", {"lr": "fast"}, "lr must be a number of at least 0, got 'fast'"),
+        ("train_stage2.yaml", {}, "stage1_ckpt"),
+        ("inference.yaml", {"arch": "vgg16"}, "arch must be resnet50"),
+        ("inference.yaml", {"class_names": ["a"]}, "class_names must list num_classes (2) names"),
+        ("inference.yaml", {}, "ckpt_path"),
+    ],
+)
+def test_config_errors_name_the_file_and_the_key(tmp_path, config, override, needle):
+    from monai.bundle import run
+
+    from monai_ext.supercon.bundle import user_error
+
+    _photo_folder(tmp_path / "data", per_class=6)
+    with pytest.raises(Exception) as info:
+        run(config_file=str(CONFIGS / config), **{**_common(tmp_path), **override})
+    err = user_error(info.value)
+    assert err is not None, info.value
+    message = str(err)
+    assert message.startswith(f"configs/{config}: ") and needle in message
+    key = next(iter(override), needle)
+    assert key in message and len(message.splitlines()) == 1
+
+
+def test_checkpoint_that_does_not_fit_names_the_key(tmp_path):
+    from monai.bundle import run
+
+    from monai_ext.supercon.bundle import user_error
+    from monai_ext.supercon.model import SuperConNet
+
+    _photo_folder(tmp_path / "data", per_class=6)
+    (tmp_path / "models").mkdir()
+    torch.save(SuperConNet(5, "micro").state_dict(), tmp_path / "models" / "model.pt")
+    with pytest.raises(Exception) as info:
+        run(config_file=str(CONFIGS / "inference.yaml"), **_common(tmp_path))
+    message = str(user_error(info.value))
+    assert message.startswith("configs/inference.yaml: ckpt_path ")
+    assert "does not fit the network" in message and "classifier.weight" in message
+
+
+def test_read_imaged_names_truncated_and_nan_files(tmp_path):
+    from PIL import Image
+
+    from monai_ext.supercon.bundle import ReadImaged
+    from plugins.errors import UserInputError
+
+    folder = _photo_folder(tmp_path / "data", per_class=1)
+    load = ReadImaged(keys="image", reader="PILReader", reverse_indexing=False, image_only=True)
+    assert load({"image": str(folder / "china" / "china_0.jpg")})["image"].shape == (40, 40, 3)
+    cut = folder / "flower" / "flower_0.jpg"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    with pytest.raises(UserInputError, match=rf"^image {cut} is truncated or unreadable \("):
+        load({"image": str(cut)})
+    pixels = np.ones((10, 10), np.float32)
+    pixels[2, :5] = np.nan
+    tif = tmp_path / "nan.tif"
+    Image.fromarray(pixels, mode="F").save(tif)
+    with pytest.raises(UserInputError, match=rf"^image {tif} contains 5 NaN or infinite values"):
+        load({"image": str(tif)})
+
+
+def test_bundle_booleans_accept_command_line_words():
+    from monai_ext.supercon.bundle import make_sampler
+
+    items = [{"label": 0}, {"label": 1}, {"label": 1}]
+    assert make_sampler(items, "false") is None and make_sampler(items, False) is None
+    assert make_sampler(items, "true") is not None
+
+
+def test_inference_on_a_truncated_jpeg_is_one_line_naming_it(tmp_path):
+    """``python -m monai.bundle run`` as a user types it: one line, not MONAI's traceback."""
+    from monai_ext.supercon.model import SuperConNet
+
+    images = _photo_folder(tmp_path / "images", per_class=2)
+    cut = images / "china" / "china_1.jpg"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    (tmp_path / "models").mkdir()
+    torch.save(SuperConNet(2, "micro").state_dict(), tmp_path / "models" / "model.pt")
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
+    cmd += [str(CONFIGS / "inference.yaml"), "--meta_file", META, "--bundle_root", str(tmp_path)]
+    cmd += ["--image_dir", str(images)] + [f"--{k}={v}" for k, v in SMALL.items()]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, done.stderr[-3000:]
+    assert errors[0].startswith(f"supercon_skin: error: image {cut} is truncated or unreadable (")
+    assert not (tmp_path / "eval" / "probabilities.csv").exists()

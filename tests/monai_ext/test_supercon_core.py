@@ -188,7 +188,7 @@ def test_class_balanced_sampler_draws_classes_evenly():
 def test_bad_inputs_raise_one_clear_error(tmp_path):
     bad = tmp_path / "ISIC_bad.jpg"
     bad.write_bytes(b"not a jpeg")
-    with pytest.raises(UserInputError, match="cannot read image .*ISIC_bad.jpg"):
+    with pytest.raises(UserInputError, match="image .*ISIC_bad.jpg is truncated or unreadable"):
         read_image(bad, 16)
     csv = tmp_path / "meta.csv"
     csv.write_text("image_name,patient_id\nISIC_bad,p1\n")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from plugins.checkpoint import load_checkpoint
 from plugins.data import shared_path
 from plugins.reporting import RunContext, RunDir
 from plugins.threads import cpu_threads
@@ -38,7 +39,7 @@ def test_run_demo_writes_outputs(tmp_path):
     assert 0.5 < metrics["roc_auc"] <= 1.0
     assert set(out) >= {"minority_f1", "minority_f1_at_threshold", "roc_auc", "balanced_accuracy"}
     # the threshold chosen on validation data is stored with the weights
-    ckpt = torch.load(ctx.run_dir.path / "checkpoint.pt", weights_only=False)
+    ckpt = load_checkpoint(ctx.run_dir.path / "checkpoint.pt", method="supercon")
     assert ckpt["threshold"] == out["threshold"] and 0 < out["threshold"] <= 1
     assert ckpt["positive"] == 0
 
@@ -99,9 +100,11 @@ def test_reproduce_reports_f1_at_the_validation_threshold(tmp_path):
 @pytest.mark.parametrize(
     "options, match",
     [
-        ({"methods": "ce,svm"}, "methods must be"),
+        ({"methods": "ce,svm"}, "methods=ce,svm: expected one of ce, weighted_ce"),
+        ({"ratios": "0.02,1.5"}, "ratios: each item must be a fraction"),
         ({"ratios": None}, "nothing to run"),
-        ({"val_fraction": 0.7}, "val_fraction"),
+        ({"val_fraction": 0.7}, "val_fraction=0.7: expected at most 0.5"),
+        ({"seeds": 0}, "seeds=0: expected at least 1"),
     ],
 )
 def test_reproduce_rejects_bad_options_before_loading_images(tmp_path, options, match):

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from plugins.errors import UserInputError
 from plugins.methods.dcc import (
@@ -265,11 +266,17 @@ def test_convnet_rejects_too_small_images():
         ConvNet(1, 10, 4, depth=3)
 
 
-def _context(run_dir, **kwargs):
+def _context(run_dir, command="run", **kwargs):
+    from plugins.methods.dcc_run import OPTIONS
     from plugins.reporting import RunContext, RunDir
 
     return RunContext(
-        "dcc", RunDir(path=run_dir), device=torch.device("cpu"), progress=False, **kwargs
+        "dcc",
+        RunDir(path=run_dir),
+        device=torch.device("cpu"),
+        progress=False,
+        option_set=OPTIONS[command],
+        **kwargs,
     )
 
 
@@ -310,6 +317,19 @@ def test_run_writes_run_directory(tmp_path):
 
     syn = SyntheticSet.load(tmp_path / "run" / "synthetic.pt")
     assert syn.images.shape == (10, 1, 8, 8) and syn.labels.tolist() == list(range(10))
+    # config.yaml records the effective iterations of every stage (ipc 1: the papers' 10 inner
+    # image updates and 5 network epochs; demo evaluation: 3 epochs as set)
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["stages"] == {
+        "outer_iters": 1,
+        "inner_loops": 10,
+        "net_epochs": 5,
+        "warmup_outer": 0,
+        "warmup_inner": 10,
+        "eval_epochs": 3,
+        "kernel_steps": 1,
+    }
+    assert config["condense"]["inner_loops"] == 10 and config["evaluate"]["epochs"] == 3
 
 
 @pytest.mark.slow
@@ -334,6 +354,7 @@ def test_reproduce_table_rows_grids_and_contrastive_step_counts(tmp_path):
     outer = 2
     ctx = _context(
         tmp_path / "run",
+        "reproduce",
         data="digits",
         options={
             "outer_iters": outer,

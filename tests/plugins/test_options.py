@@ -63,16 +63,16 @@ def test_values_parse_to_the_declared_type(key, text, expected):
 @pytest.mark.parametrize(
     "key,text,message",
     [
-        ("lr", "abc", "--set lr=abc: expected number."),
-        ("steps", "1.5", "--set steps=1.5: expected integer."),
+        ("lr", "abc", "--set lr=abc: expected a number."),
+        ("steps", "1.5", "--set steps=1.5: expected an integer."),
         ("steps", "0", "--set steps=0: expected at least 1."),
         ("steps", "5000", "--set steps=5000: expected at most 1000."),
         ("name", "c", "--set name=c: expected one of a, b."),
         ("flag", "maybe", "--set flag=maybe: expected true or false."),
         ("crop", "0.5", "--set crop=0.5: expected 2 comma-separated values."),
         ("crop", "0.5,2", "--set crop=0.5,2: expected at most 1."),
-        ("widths", "4,x", "--set widths=4,x: expected list of integer."),
-        ("steps", "none", "--set steps=none: expected integer."),
+        ("widths", "4,x", "--set widths=4,x: expected a list of integers."),
+        ("steps", "none", "--set steps=none: expected an integer."),
     ],
 )
 def test_bad_values_are_one_sentence(key, text, message):

@@ -52,3 +52,42 @@ def potsdam_root(tmp_path: Path) -> Path:
 @pytest.fixture(name="write_tile")
 def write_tile_fixture():
     return write_tile
+
+
+@pytest.fixture
+def rs_seg_small(tmp_path: Path) -> Path:
+    """A small rs_seg folder in ``tmp_path``: three real scenes of shared/data/rs_seg (a training
+    scene, a tile-3 validation scene, a test scene) reduced to 96x80 (area / nearest)."""
+    import csv
+
+    from PIL import Image
+
+    from plugins.data import shared_path
+
+    src = shared_path("rs_seg", required=False)
+    if src is None:
+        pytest.skip("shared/data/rs_seg is not available")
+    rows = list(csv.DictReader(open(src / "splits.csv")))
+    picks = [
+        next(r for r in rows if r["split"] == "train" and r["tile"] == "2"),
+        next(r for r in rows if r["split"] == "train" and r["tile"] == "3"),
+        next(r for r in rows if r["split"] == "test"),
+    ]
+    root = tmp_path / "rs_seg"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    size = (96, 80)
+    for r in picks:
+        Image.open(src / "images" / f"{r['name']}.jpg").convert("RGB").resize(size, Image.BOX).save(
+            root / "images" / f"{r['name']}.jpg"
+        )
+        Image.open(src / "masks" / f"{r['name']}.png").resize(size, Image.NEAREST).save(
+            root / "masks" / f"{r['name']}.png"
+        )
+    with open(root / "splits.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["name", "tile", "split", "width", "height"])
+        w.writeheader()
+        for r in picks:
+            w.writerow({**r, "width": size[0], "height": size[1]})
+    (root / "classes.csv").write_text((src / "classes.csv").read_text())
+    return root

@@ -8,6 +8,7 @@ import pytest
 @pytest.mark.slow
 def test_run_demo_writes_outputs(tmp_path):
     from plugins.reporting import RunContext, RunDir
+    from torchgeo_ext.options import OPTIONS
     from torchgeo_ext.run import run
 
     ctx = RunContext(
@@ -16,6 +17,7 @@ def test_run_demo_writes_outputs(tmp_path):
         demo=True,
         progress=False,
         device="cpu",
+        option_set=OPTIONS["run"],
     )
     metrics = run(ctx)
     files = {p.name for p in (tmp_path / "run").iterdir()}
@@ -25,6 +27,7 @@ def test_run_demo_writes_outputs(tmp_path):
         "glcnet.ckpt",
         "segmenter.ckpt",
         "classmap.tif",
+        "classmap.png",
         "loss.png",
         "spectrum.png",
         "embedding.png",
@@ -37,6 +40,7 @@ def test_run_demo_writes_outputs(tmp_path):
 def test_reproduce_pipeline_smallest(tmp_path):
     from plugins.data import shared_path
     from plugins.reporting import RunContext, RunDir
+    from torchgeo_ext.options import OPTIONS
     from torchgeo_ext.run import reproduce
 
     if shared_path("rs_seg", required=False) is None:
@@ -57,6 +61,7 @@ def test_reproduce_pipeline_smallest(tmp_path):
         progress=False,
         device="cpu",
         options=opts,
+        option_set=OPTIONS["reproduce"],
     )
     metrics = reproduce(ctx)
     assert 0 <= metrics["glcnet_1pct_oa"] <= 1 and (tmp_path / "rep" / "reproduction.md").exists()
