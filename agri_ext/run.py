@@ -29,7 +29,7 @@ from plugins.errors import UserInputError
 from plugins.metrics import effective_rank, spectrum
 from plugins.options import Option, OptionSet, options_from_dataclass
 from plugins.progress import phase
-from plugins.reporting import RunContext, RunDir, _pyplot
+from plugins.reporting import RunContext, RunDir, pyplot
 
 __all__ = ["run", "reproduce", "VARIANTS", "config_from_options", "plot_mask_grid", "OPTIONS"]
 
@@ -77,7 +77,7 @@ def plot_mask_grid(
     run_dir: RunDir, data: ImageTensorDataset, cfg: CLAWSConfig, name: str = "masks.png"
 ) -> None:
     """One image per class (up to 8): the image, its hard mask and a masked crop view ``x_c``."""
-    plt = _pyplot()
+    plt = pyplot()
     labels = data.labels
     first = [int(torch.nonzero(labels == c)[0]) for c in torch.unique(labels)[:8]]
     x = resize(data.images[first], cfg.image_size)

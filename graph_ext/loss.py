@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from plugins.losses import full_precision, nt_xent
+from plugins.losses import full_precision, no_autocast, nt_xent
 
 __all__ = ["FixedView", "fixed_view", "grace_loss", "grace_loss_to_fixed", "info_regularizer"]
 
@@ -67,7 +67,7 @@ def info_regularizer(
         raise ValueError(
             f"z1, z2, z must share a shape, got {tuple(z1.shape)}, {tuple(z2.shape)}, {tuple(z.shape)}"
         )
-    with torch.autocast(device_type=z1.device.type, enabled=False):
+    with no_autocast(z1):
         s12 = _pair_sim(z1, z2, temperature)
         s1 = _pair_sim(z1, z, temperature).detach()
         s2 = _pair_sim(z2, z, temperature).detach()
@@ -97,7 +97,7 @@ def fixed_view(z1: torch.Tensor, temperature: float = 0.4) -> FixedView:
         temperature: t.
     """
     _check_pair(z1, z1)
-    with torch.no_grad(), torch.autocast(device_type=z1.device.type, enabled=False):
+    with torch.no_grad(), no_autocast(z1):
         z = F.normalize(full_precision(z1.detach()), dim=-1)
         own = (z / temperature) @ z.T
         own.fill_diagonal_(float("-inf"))
@@ -128,7 +128,7 @@ def grace_loss_to_fixed(view: FixedView, z2: torch.Tensor) -> torch.Tensor:
     """
     _check_pair(view.z, z2)
     t = view.temperature
-    with torch.autocast(device_type=z2.device.type, enabled=False):
+    with no_autocast(z2):
         z2n = F.normalize(full_precision(z2), dim=-1)
         z1n = view.z.to(z2n.dtype)
         cross = (z2n / t) @ z1n.T  # cross[i, j] = cos(z2_i, z1_j) / t

@@ -148,9 +148,9 @@ def _plots(
     if y is not None:
         run_dir.plot_embedding(z, y.cpu(), title=f"{method.upper()} on {name}")
     if hist and "edges_added" in hist[0]:
-        from plugins.reporting import _pyplot
+        from plugins.reporting import pyplot
 
-        plt = _pyplot()
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(5, 3.2))
         for key in ("edges_added", "edges_removed", "edge_budget"):
             ax.plot([h[key] for h in hist], label=key.replace("_", " "))

@@ -258,9 +258,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"method '{spec.name}' has no predict command; predict takes: "
             f"{', '.join(_predict_methods()) or '(none)'}."
         )
-    from plugins.registry import _load
+    from plugins.registry import load_dotted
 
-    return int(_load(target)(args.args) or 0)
+    return int(load_dotted(target)(args.args) or 0)
 
 
 def _bench_topics() -> list[str]:

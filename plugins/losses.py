@@ -29,6 +29,7 @@ __all__ = [
     "SupConLoss",
     "MarginContrastiveLoss",
     "full_precision",
+    "no_autocast",
 ]
 
 
@@ -41,7 +42,9 @@ def _normalize(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(full_precision(x), dim=-1)
 
 
-def _no_autocast(x: torch.Tensor) -> torch.autocast:
+def no_autocast(x: torch.Tensor) -> torch.autocast:
+    """Autocast off on ``x``'s device: the block computes in its inputs' own precision (with
+    :func:`full_precision`, float32 or float64), as every loss of this project does."""
     return torch.autocast(device_type=x.device.type, enabled=False)
 
 
@@ -103,7 +106,7 @@ def nt_xent(
         raise ValueError(
             f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}"
         )
-    with _no_autocast(z1):
+    with no_autocast(z1):
         z1n, z2n = _normalize(z1), _normalize(z2)
         n = z1n.shape[0]
         if gather_distributed:
@@ -219,7 +222,7 @@ def info_nce(
         raise ValueError(
             f"query and key must have the same shape, got {tuple(query.shape)} and {tuple(key.shape)}"
         )
-    with _no_autocast(query):
+    with no_autocast(query):
         q, k = _normalize(query), _normalize(key)
         n = q.shape[0]
         offset = 0
@@ -282,7 +285,7 @@ def sup_con(
         raise ValueError(
             f"labels must have shape ({b},) to match features, got {tuple(labels.shape)}"
         )
-    with _no_autocast(features):
+    with no_autocast(features):
         f = _normalize(features)
         if gather_distributed:
             f_all, labels_all = D.gather(f), D.gather_no_grad(labels)
@@ -337,7 +340,7 @@ def margin_contrastive(
         raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
     if n < 2:
         raise ValueError("margin_contrastive needs at least 2 embeddings")
-    with _no_autocast(embeddings):
+    with no_autocast(embeddings):
         e = full_precision(embeddings)
         d2 = (e[:, None, :] - e[None, :, :]).pow(2).sum(-1)
         # d = 0 exactly for coincident points, with a finite (zero) gradient there instead of sqrt's inf

@@ -61,15 +61,15 @@ class MethodSpec:
         return sets.get(command, OptionSet())
 
     def load_run(self) -> Callable[..., dict]:
-        return _load(self.run)
+        return load_dotted(self.run)
 
     def load_reproduce(self) -> Callable[..., dict]:
         if self.reproduce is None:
             raise UserInputError(f"method '{self.name}' has no reproduction yet.")
-        return _load(self.reproduce)
+        return load_dotted(self.reproduce)
 
 
-def _load(dotted: str) -> Callable[..., Any]:
+def load_dotted(dotted: str) -> Callable[..., Any]:
     module, _, attr = dotted.partition(":")
     return getattr(importlib.import_module(module), attr)
 

@@ -19,7 +19,17 @@ import numpy as np
 import torch
 import yaml
 
-__all__ = ["RunDir", "RunContext", "default_device", "atomic_write_bytes", "active_run_dir"]
+__all__ = [
+    "RunDir",
+    "RunContext",
+    "default_device",
+    "atomic_write_bytes",
+    "active_run_dir",
+    "class_map_figure",
+    "embed_2d",
+    "markdown_table",
+    "pyplot",
+]
 
 _ACTIVE: contextvars.ContextVar[RunDir | None] = contextvars.ContextVar("active_run", default=None)
 
@@ -189,7 +199,7 @@ class RunDir:
         name: str = "loss.png",
         xlabel: str = "step",
     ) -> Path:
-        plt = _pyplot()
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(5, 3.2))
         series = losses if isinstance(losses, Mapping) else {"loss": losses}
         for label, values in series.items():
@@ -206,7 +216,7 @@ class RunDir:
         self, spectra: Mapping[str, torch.Tensor | np.ndarray], name: str = "spectrum.png"
     ) -> Path:
         """Log eigenvalue against rank, one line per entry (DirectCLR, Fig. 2)."""
-        plt = _pyplot()
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(5, 3.2))
         for label, ev in spectra.items():
             ev = np.asarray(torch.as_tensor(ev).detach().cpu(), dtype=float)
@@ -231,7 +241,7 @@ class RunDir:
         given), never a continuous colour bar."""
         from plugins.progress import phase
 
-        plt = _pyplot()
+        plt = pyplot()
         with phase(f"embedding map ({len(labels)} points)"):
             xy = embed_2d(z)
         labels = np.asarray(torch.as_tensor(labels).cpu())
@@ -279,7 +289,7 @@ def class_map_figure(
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    plt = _pyplot()
+    plt = pyplot()
     k = len(names)
     colours = plt.get_cmap("tab10" if k <= 10 else "tab20").colors[:k]
     panels = 2 if image is not None else 1
@@ -340,7 +350,8 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")

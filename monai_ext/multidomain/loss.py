@@ -20,7 +20,7 @@ from torch import nn
 
 from monai_ext.multidomain.config import MultiDomainConfig
 from plugins.errors import UserInputError
-from plugins.losses import margin_contrastive, sup_con
+from plugins.losses import margin_contrastive, no_autocast, sup_con
 
 __all__ = ["domain_regulariser", "check_labels", "MultiDomainLoss"]
 
@@ -131,7 +131,7 @@ class MultiDomainLoss(nn.Module):
                 and lg.shape[1] != self.domain_classes[d]
             ):
                 y = model.to_union_labels(y, d)
-            with torch.autocast(device_type=lg.device.type, enabled=False):
+            with no_autocast(lg):
                 seg = self.seg(lg.float(), y.float())
             parts[f"seg_{d}"] = float(seg.detach())
             seg_total = seg_total + seg

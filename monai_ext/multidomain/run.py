@@ -234,9 +234,9 @@ def _overlay(
     name: str,
     title: str,
 ) -> None:
-    from plugins.reporting import _pyplot
+    from plugins.reporting import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     cols = 2 + len(preds)
     fig, axes = plt.subplots(
         len(domains), cols, figsize=(2.3 * cols, 2.4 * len(domains)), squeeze=False
@@ -339,9 +339,9 @@ def _run(ctx: RunContext) -> dict[str, float]:
 
 def _label_fraction_curve(run_dir: Any, summary: list[dict], counts: dict[float, str]) -> None:
     """Mean foreground Dice (mean ± std over seeds) against the annotated-slice fraction."""
-    from plugins.reporting import _pyplot
+    from plugins.reporting import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for config in dict.fromkeys(r["config"] for r in summary):
         rs = sorted((r for r in summary if r["config"] == config), key=lambda r: r["fraction"])

@@ -34,7 +34,7 @@ from monai.utils import CommonKeys as Keys
 from monai_ext.bundle_errors import install_one_line_errors, user_error
 from monai_ext.supercon.augment import AsymmetricViews
 from monai_ext.supercon.config import SuperConConfig
-from monai_ext.supercon.data import IMAGE_SUFFIXES, _reason, class_balanced_sampler
+from monai_ext.supercon.data import IMAGE_SUFFIXES, class_balanced_sampler, error_reason
 from plugins.errors import UserInputError
 from plugins.options import parse_bool
 
@@ -183,7 +183,7 @@ class ReadImaged(LoadImaged):
         except Exception as e:
             name = ", ".join(str(v) for v in names.values())
             raise UserInputError(
-                f"image {name} is truncated or unreadable ({_reason(e)})."
+                f"image {name} is truncated or unreadable ({error_reason(e)})."
             ) from None
         for key, name in names.items():
             x = torch.as_tensor(out[key])

@@ -68,11 +68,13 @@ def read_image(path: str | Path, size: int, channels: int = 3) -> np.ndarray:
     except UserInputError:
         raise
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for broken files
-        raise UserInputError(f"image {path} is truncated or unreadable ({_reason(e)}).") from None
+        raise UserInputError(
+            f"image {path} is truncated or unreadable ({error_reason(e)})."
+        ) from None
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
-def _reason(e: BaseException) -> str:
+def error_reason(e: BaseException) -> str:
     """The first line of an exception's message (its type when it has none), without a final dot."""
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return text.rstrip(".")[:160]
@@ -262,7 +264,7 @@ def split_indices(
         counts = np.bincount(labels)
         raise UserInputError(
             f"too few images per class ({', '.join(map(str, counts[counts > 0]))}) to split off "
-            f"{test_fraction:.0%} stratified by class ({_reason(e)}); add images."
+            f"{test_fraction:.0%} stratified by class ({error_reason(e)}); add images."
         ) from None
     return np.sort(train), np.sort(test)
 

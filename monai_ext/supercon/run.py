@@ -208,9 +208,9 @@ def _val_threshold(
 def _plot_roc(run_dir: Any, curves: dict[str, tuple], name: str, title: str) -> None:
     from sklearn.metrics import roc_curve
 
-    from plugins.reporting import _pyplot
+    from plugins.reporting import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 4.2))
     for label, (score, target) in curves.items():
         fpr, tpr, _ = roc_curve(target, score)
@@ -226,9 +226,9 @@ def _plot_roc(run_dir: Any, curves: dict[str, tuple], name: str, title: str) -> 
 def _plot_confusions(
     run_dir: Any, cms: dict[str, np.ndarray], classes: list[str], name: str
 ) -> None:
-    from plugins.reporting import _pyplot
+    from plugins.reporting import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(cms), figsize=(3.2 * len(cms), 3.2), squeeze=False)
     for ax, (label, cm) in zip(axes[0], cms.items()):
         ax.imshow(cm / cm.sum(1, keepdims=True).clip(1), cmap="Blues", vmin=0, vmax=1)
@@ -285,7 +285,7 @@ def _setup(ctx: RunContext) -> tuple[SuperConConfig, int, bool, dict[str, Any]]:
 
 def run(ctx: RunContext) -> dict[str, float]:
     """Stage 1 + stage 2 on the embedded default or ``ctx.data``; returns headline metrics."""
-    from monai_ext.supercon.train import _features, evaluate, predict_proba
+    from monai_ext.supercon.train import encoder_features, evaluate, predict_proba
     from plugins.metrics import effective_rank, spectrum
 
     t0 = time.time()
@@ -321,7 +321,7 @@ def run(ctx: RunContext) -> dict[str, float]:
         probs = predict_proba(net, d["images"][te], cfg.image_size, ctx.device)
         y = d["labels"][te]
         metrics, cm = evaluate(probs, y, d["classes"], positive=pos, threshold=threshold)
-        z = _features(net, d["images"][te], cfg.image_size, ctx.device)
+        z = encoder_features(net, d["images"][te], cfg.image_size, ctx.device)
         rank = float(effective_rank(z))
     headline = {
         "minority_f1": metrics["positive_f1"],

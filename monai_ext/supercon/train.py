@@ -232,7 +232,7 @@ def train_stage2(
     )  # fmt: skip
     cached = None
     if cfg.stage2_encoder_mode == "eval" and steps.start < steps.total:
-        cached = _features(net, images, cfg.image_size, device)  # of the restored encoder
+        cached = encoder_features(net, images, cfg.image_size, device)  # of the restored encoder
     for _, idx in steps:
         y = labels[idx].to(device)
         if cached is not None:
@@ -299,9 +299,11 @@ def _float(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _features(
+def encoder_features(
     net: SuperConNet, images: torch.Tensor, size: int, device: torch.device | str, bs: int = 256
 ) -> torch.Tensor:
+    """Encoder features (N, D) of ``images`` at ``size`` in eval mode, ``bs`` at a time (stage 2
+    trains the linear classifier on these; the encoder is frozen there)."""
     was = net.training
     net.encoder.eval()
     out = torch.cat(

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from plugins.checkpoint import load_checkpoint
-from plugins.data.loaders import ImageTensorDataset, _not_a_data_set, check_finite
+from plugins.data.loaders import ImageTensorDataset, check_finite, not_a_data_set
 from plugins.errors import UserInputError
 
 
@@ -58,7 +58,7 @@ def load_array_file(path: str | Path) -> ImageTensorDataset:
     elif suffix in (".pt", ".pth"):
         d = load_checkpoint(path, what="array file")  # weights_only: tensors and containers only
     else:
-        raise UserInputError(_not_a_data_set(path))
+        raise UserInputError(not_a_data_set(path))
     x = _numeric(_pick(d, ("images", "x"), path), "images", path)
     y = _numeric(_pick(d, ("labels", "y"), path), "labels", path).reshape(-1)
     if x.ndim == 3:

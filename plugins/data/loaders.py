@@ -225,7 +225,7 @@ def load_image_folder(
 
     root = Path(root)
     if root.is_file():
-        raise UserInputError(_not_a_data_set(root))
+        raise UserInputError(not_a_data_set(root))
     if not root.is_dir():
         raise UserInputError(f"image folder {root} does not exist.")
     # hidden folders (.ipynb_checkpoints, .DS_Store-like) are never classes
@@ -281,7 +281,7 @@ ACCEPTED_DATA = (
 )
 
 
-def _not_a_data_set(path: Path) -> str:
+def not_a_data_set(path: Path) -> str:
     if path.suffix.lower() == ".npy":
         return (
             f"data path {path} is a .npy file, which holds one array and no labels; "
@@ -310,7 +310,7 @@ def load_train_test(
     if not path.exists():
         raise UserInputError(f"data path {path} does not exist.")
     if path.is_file() and path.suffix.lower() not in (".npz", ".pt", ".pth"):
-        raise UserInputError(_not_a_data_set(path))
+        raise UserInputError(not_a_data_set(path))
     if path.suffix.lower() in (".npz", ".pt", ".pth"):
         from plugins.data.arrays import load_array_file
 

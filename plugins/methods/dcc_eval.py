@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from torch.func import functional_call, jacrev, stack_module_state, vmap
 
 from plugins.data import ImageTensorDataset
+from plugins.losses import full_precision
 from plugins.methods.dcc_data import SyntheticSet
 from plugins.methods.dcc_dsa import DSAConfig, dsa
-from plugins.methods.dcc_match import _upcast
 from plugins.methods.dcc_model import ConvNet
 from plugins.progress import progress_bar
 
@@ -86,7 +86,7 @@ def _train_vmapped(x, y, models, cfg, gen, progress):
             xb = _augment(x[idx].repeat(n, 1, 1, 1), cfg, gen).view(n, len(idx), *x.shape[1:])
             out = forward(params, buffers, xb)
             # sum of the per-model mean losses: each model gets exactly its own gradient
-            loss = F.cross_entropy(_upcast(out.flatten(0, 1)), y[idx].repeat(n)) * n
+            loss = F.cross_entropy(full_precision(out.flatten(0, 1)), y[idx].repeat(n)) * n
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -114,7 +114,7 @@ def _train_sequential(x, y, models, cfg, gen, progress):
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, [cfg.epochs // 2], 0.1)
         for epoch in range(cfg.epochs):
             for idx in _batches(len(x), cfg.batch_size, gen):
-                loss = F.cross_entropy(_upcast(m(_augment(x[idx], cfg, gen))), y[idx])
+                loss = F.cross_entropy(full_precision(m(_augment(x[idx], cfg, gen))), y[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

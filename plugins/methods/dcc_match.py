@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from plugins.errors import UserInputError
+from plugins.losses import full_precision
 from plugins.methods.dcc_dsa import DSAConfig, DSAParams, apply_dsa, sample_dsa
 
 _DEFAULT_DSA = DSAConfig()
@@ -67,11 +68,6 @@ def use_contrastive(
     return outer_iter >= warmup_outer or inner_iter >= warmup_inner
 
 
-def _upcast(t: torch.Tensor) -> torch.Tensor:
-    """Losses in at least float32 (bfloat16/float16 logits are upcast; float64 stays)."""
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
-
-
 def _rows(g: torch.Tensor) -> torch.Tensor:
     return g.reshape(g.shape[0], -1)
 
@@ -97,7 +93,7 @@ def gradient_match_distance(
             raise ValueError(f"gradient shapes differ: {tuple(gs.shape)} vs {tuple(gr.shape)}.")
         if gs.ndim <= 1:
             continue
-        s, r = _upcast(_rows(gs)), _upcast(_rows(gr))
+        s, r = full_precision(_rows(gs)), full_precision(_rows(gr))
         cos = (s * r).sum(-1) / (s.norm(dim=-1) * r.norm(dim=-1) + eps)
         total = total + (1.0 - cos).sum()
     return total
@@ -126,7 +122,7 @@ def real_class_mean_gradient(
     counts = torch.bincount(labels, minlength=num_classes).to(real.dtype)
     present = (counts > 0).sum()
     weight = 1.0 / (present * counts[labels])
-    losses = F.cross_entropy(_upcast(net(real)), labels, reduction="none")
+    losses = F.cross_entropy(full_precision(net(real)), labels, reduction="none")
     grads = torch.autograd.grad((losses * weight).sum(), _params(net))
     return [g.detach() for g in grads]
 
@@ -139,7 +135,7 @@ def real_class_mean_gradient_loop(
     total: list[torch.Tensor] | None = None
     for c in classes:
         idx = labels == c
-        loss = F.cross_entropy(_upcast(net(real[idx])), labels[idx])
+        loss = F.cross_entropy(full_precision(net(real[idx])), labels[idx])
         grads = torch.autograd.grad(loss, _params(net))
         total = list(grads) if total is None else [t + g for t, g in zip(total, grads, strict=True)]
     assert total is not None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from plugins.losses import full_precision
+from plugins.losses import full_precision, no_autocast
 
 __all__ = [
     "instance_keep_probability",
@@ -47,7 +47,7 @@ def prototype_parent_probs(
     centroids: torch.Tensor, parent_centroids: torch.Tensor, parent_density: torch.Tensor
 ) -> torch.Tensor:
     """(C_l, C_{l+1}) ``softmax(C_l C_{l+1}^T / phi_{l+1})`` over parents (HCSC eq. 6), float32."""
-    with torch.autocast(device_type=centroids.device.type, enabled=False):
+    with no_autocast(centroids):
         return torch.softmax(
             full_precision(centroids)
             @ full_precision(parent_centroids).T
@@ -102,7 +102,7 @@ def selective_info_nce(
     Returns:
         Scalar mean over queries.
     """
-    with torch.autocast(device_type=q.device.type, enabled=False):
+    with no_autocast(q):
         q, k, queue = (
             full_precision(q),
             full_precision(k).to(full_precision(q).dtype),
@@ -126,7 +126,7 @@ def selective_info_nce_levels(
 ) -> torch.Tensor:
     """``L_ins = sum_l selective_info_nce(q, k, queue, T, keeps[l])`` with the (B, K) similarity
     matrix computed once for all levels (same value as the sum, fewer matrix products)."""
-    with torch.autocast(device_type=q.device.type, enabled=False):
+    with no_autocast(q):
         q, k, queue = (
             full_precision(q),
             full_precision(k).to(full_precision(q).dtype),
@@ -171,7 +171,7 @@ def prototype_nce(
     Returns:
         Scalar mean over queries.
     """
-    with torch.autocast(device_type=q.device.type, enabled=False):
+    with no_autocast(q):
         q, c = full_precision(q), full_precision(centroids).to(full_precision(q).dtype)
         logits = q @ c.T / density.to(q.dtype)
         pos = logits.gather(1, positive[:, None])

@@ -70,12 +70,12 @@ def _plots(
     title: str,
     embedding_map: bool = True,
 ):
-    from plugins.reporting import _pyplot
+    from plugins.reporting import pyplot
 
     rd.plot_loss(hist.losses)
     if embedding_map:
         rd.plot_embedding(z_test, labels, title=title)
-    plt = _pyplot()
+    plt = pyplot()
     if hist.clusters is not None:
         fig, ax = plt.subplots(figsize=(5, 3.2))
         for level, (ids, phi) in enumerate(zip(hist.clusters.im2cluster, hist.clusters.density)):
@@ -234,9 +234,9 @@ def reproduce(ctx: RunContext) -> dict[str, float]:
 
 
 def _plot_comparison(rd: RunDir, rows: list[dict]) -> None:
-    from plugins.reporting import _pyplot
+    from plugins.reporting import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     x = np.arange(len(rows))
     for j, key in enumerate(("knn_acc", "linear_acc")):
