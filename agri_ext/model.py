@@ -8,9 +8,9 @@ from torch import nn
 
 from agri_ext.config import CLAWSConfig
 from agri_ext.loss import within_class_nt_xent
+from plugins.backbones import TinyResNet, small_resnet
 from plugins.heads import ProjectionHead
 from plugins.losses import nt_xent, sup_con
-from plugins.methods.simclr import TinyResNet, small_resnet
 
 __all__ = ["CLAWS", "StraightThroughGate", "build_encoder"]
 

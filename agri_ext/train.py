@@ -14,7 +14,7 @@ from agri_ext.mask import MaskFn, compute_masks
 from agri_ext.model import CLAWS
 from agri_ext.sampling import class_homogeneous_batches, random_batches
 from plugins.data import ImageTensorDataset
-from plugins.methods.simclr import embed
+from plugins.evaluation import embed
 from plugins.metrics import cluster_scores
 from plugins.progress import progress_bar
 

@@ -17,6 +17,7 @@ from graph_ext.train import TrainResult, embed_graph, train
 from plugins.checkpoint import Checkpointer
 from plugins.errors import UserInputError
 from plugins.metrics import effective_rank, spectrum
+from plugins.options import declared
 from plugins.reporting import RunContext, RunDir
 
 __all__ = ["run_ariel", "run_grace", "reproduce", "REPORTED", "REPRO_EPOCHS"]
@@ -32,12 +33,9 @@ DEMO_EPOCHS = 40
 def _declare(ctx: RunContext, command: str) -> None:
     """Give a context built without an option set (a Python caller's) the method's declared set,
     so its ``options`` are checked and its defaults are the declared ones."""
-    if ctx.option_set is None:
-        from graph_ext.options import GRACE_OPTIONS, OPTIONS
+    from graph_ext.options import GRACE_OPTIONS, OPTIONS
 
-        sets = GRACE_OPTIONS if ctx.method == "grace" else OPTIONS
-        ctx.option_set = sets[command]
-        ctx.options = ctx.option_set.parse(ctx.options, command, ctx.method)
+    declared(ctx, (GRACE_OPTIONS if ctx.method == "grace" else OPTIONS)[command], command)
 
 
 def _config(

@@ -24,7 +24,14 @@ import torch
 
 from plugins.errors import UserInputError
 
-__all__ = ["load_checkpoint", "Checkpointer", "parse_every", "rng_state", "set_rng_state"]
+__all__ = [
+    "load_checkpoint",
+    "Checkpointer",
+    "check_resumed_permutation",
+    "parse_every",
+    "rng_state",
+    "set_rng_state",
+]
 
 FORMAT = "contrastive-plugins/training-state/1"
 
@@ -197,6 +204,25 @@ class Checkpointer:
         other._resumed = self._resumed
         return other
 
+    def independent_stage(self, stage: str) -> Checkpointer:
+        """This checkpointer for ``stage`` of a run whose stages train separate models.
+
+        The file holds only the latest stage, so a stage before the ``--resume`` file's is trained
+        again from the start (same seed, same result) instead of being skipped; the file's own stage
+        resumes and later stages start fresh."""
+        resumed = self.load_resume()
+        if resumed is not None and self.stages.index(stage) < self.stages.index(resumed["stage"]):
+            return Checkpointer(
+                self.path,
+                self.method,
+                self.every_steps,
+                self.every_seconds,
+                None,
+                self.stages,
+                stage,
+            )
+        return self.for_stage(stage)
+
     def load_resume(self) -> dict[str, Any] | None:
         if self.resume_path is None:
             return None
@@ -281,3 +307,15 @@ class Checkpointer:
         atomic_write_bytes(self.path, lambda tmp: torch.save(state, tmp))
         self._last_save = time.monotonic()
         self.saved_steps.append(int(step))
+
+
+def check_resumed_permutation(
+    perm: torch.Tensor, n: int, start: int, steps: int, checkpointer: Checkpointer | None
+) -> None:
+    """A run resumed inside an epoch reuses that epoch's saved permutation, which only fits the
+    same number of training images."""
+    if checkpointer is not None and start % steps and len(perm) != n:
+        raise UserInputError(
+            f"--resume file {checkpointer.resume_path} was written for {len(perm)} training images, "
+            f"this run has {n}; resume with the same --data and options."
+        )

@@ -22,7 +22,15 @@ from typing import Any
 
 from plugins.errors import UserInputError
 
-__all__ = ["Option", "OptionSet", "options_from_dataclass", "parse_bool"]
+__all__ = [
+    "Option",
+    "OptionSet",
+    "config_from_options",
+    "declared",
+    "options_from_dataclass",
+    "parse_bool",
+    "parse_pairs",
+]
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
@@ -376,3 +384,15 @@ def config_from_options(ctx: Any, cls: type, exclude: Iterable[str] = (), **base
             value = tuple(value)
         values[f.name] = value
     return cls(**values)
+
+
+def declared(ctx: Any, options: OptionSet, command: str | None = None) -> Any:
+    """Give ``ctx`` the ``options`` of ``command`` when it came without an option set (a direct
+    Python call of a method's ``run``/``reproduce``): its options are checked and typed, and every
+    ``ctx.option`` read finds its declared default, as through the command. Returns ``ctx``."""
+    if ctx.option_set is None:
+        if command is not None:
+            ctx.command = command
+        ctx.option_set = options
+        ctx.options = options.parse(ctx.options, ctx.command, ctx.method)
+    return ctx

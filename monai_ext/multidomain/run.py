@@ -24,7 +24,7 @@ import torch
 
 from monai_ext.multidomain.config import ABLATIONS, CONFIGS, TEST_BN, Settings
 from plugins.errors import UserInputError
-from plugins.options import Option, OptionSet, config_from_options, options_from_dataclass
+from plugins.options import Option, OptionSet, config_from_options, declared, options_from_dataclass
 from plugins.progress import phase
 from plugins.reporting import RunContext
 
@@ -210,9 +210,7 @@ def _fit_and_score(
 def _declare(ctx: RunContext, command: str) -> None:
     """Library callers that build a :class:`RunContext` without an option set get this command's
     declared options (typed values, declared defaults), as the CLI gives them."""
-    if ctx.option_set is None:
-        ctx.option_set = OPTIONS[command]
-        ctx.options = ctx.option_set.parse(ctx.options, command, ctx.method)
+    declared(ctx, OPTIONS[command], command)
 
 
 def _settings(ctx: RunContext) -> Settings:

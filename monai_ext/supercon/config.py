@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 @dataclass
 class SuperConConfig:
-    # encoder: ResNet-50 in the paper; "resnet18" / "tiny" (plugins.methods.simclr) for CPU runs
+    # encoder: ResNet-50 in the paper; "resnet18" / "tiny" (plugins.backbones) for CPU runs
     arch: str = "resnet50"
     # head Linear(d, d)-ReLU-Linear(d, 128) then L2 norm (paper Sec. 3.1)
     proj_dim: int = 128

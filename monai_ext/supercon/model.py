@@ -32,16 +32,16 @@ def build_encoder(arch: str = "resnet50", in_channels: int = 3) -> tuple[nn.Modu
 
     ``resnet50`` (the paper's encoder) and other torchvision ResNets keep the ImageNet stem for
     full-size dermoscopy images; ``small-resnet18`` / ``tiny`` / ``micro`` (half-width tiny) use the small-image stem of
-    :func:`plugins.methods.simclr.small_resnet` for CPU runs on 32-64 px images. Weights are always
+    :func:`plugins.backbones.small_resnet` for CPU runs on 32-64 px images. Weights are always
     random (``weights=None``); load your own with ``load_state_dict``.
     """
     if arch == "micro":  # TinyResNet at half width: the embedded demo and CPU reproduction
-        from plugins.methods.simclr import TinyResNet
+        from plugins.backbones import TinyResNet
 
         net = TinyResNet(in_channels, widths=(16, 32, 64))
         return net, net.out_dim
     if arch == "tiny" or arch.startswith("small-"):
-        from plugins.methods.simclr import small_resnet
+        from plugins.backbones import small_resnet
 
         return small_resnet(in_channels, arch.removeprefix("small-"))
     if not known_arch(arch):

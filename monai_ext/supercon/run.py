@@ -31,7 +31,7 @@ import torch
 
 from monai_ext.supercon.config import SuperConConfig
 from plugins.errors import UserInputError
-from plugins.options import Option, OptionSet, config_from_options, options_from_dataclass
+from plugins.options import Option, OptionSet, config_from_options, declared, options_from_dataclass
 from plugins.progress import phase
 from plugins.reporting import RunContext
 
@@ -246,9 +246,7 @@ def _plot_confusions(
 def _declared(ctx: RunContext, command: str) -> None:
     """Give a context built without an option set (a Python caller) this command's, so that its
     options are checked and every default comes from :data:`OPTIONS`."""
-    if ctx.option_set is None:
-        ctx.option_set = OPTIONS[command]
-        ctx.options = ctx.option_set.parse(ctx.options, command, "supercon")
+    declared(ctx, OPTIONS[command], command)
 
 
 def _check_arch(arch: str) -> None:

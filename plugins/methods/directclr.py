@@ -135,7 +135,7 @@ class DirectCLR(nn.Module):
     with labels and a classifier, ``classifier_loss`` and ``classifier_acc``.
 
     Examples:
-        >>> from plugins.methods.simclr import small_resnet
+        >>> from plugins.backbones import small_resnet
         >>> encoder, dim = small_resnet(3, "resnet18")
         >>> model = DirectCLR(encoder, d0=90, mode="directclr", feat_dim=dim)
         >>> out = model(torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32))

@@ -13,9 +13,11 @@ from dataclasses import asdict
 import torch
 import torch.nn.functional as F
 
+from plugins.backbones import TinyResNet
 from plugins.checkpoint import Checkpointer
 from plugins.data import ImageTensorDataset, check_finite, load_train_test
 from plugins.errors import UserInputError
+from plugins.evaluation import embed, evaluate_representation
 from plugins.methods.directclr import (
     MODES,
     DirectCLR,
@@ -30,15 +32,8 @@ from plugins.methods.directclr_toy import (
     strong_augmentation_toy,
 )
 from plugins.methods.directclr_train import train_directclr
-from plugins.methods.simclr import (
-    TinyResNet,
-    declared,
-    embed,
-    evaluate_representation,
-    independent_stage,
-)
 from plugins.metrics import spectrum
-from plugins.options import Option, OptionSet, config_from_options, options_from_dataclass
+from plugins.options import Option, OptionSet, config_from_options, declared, options_from_dataclass
 from plugins.progress import phase
 from plugins.reporting import RunContext, RunDir
 
@@ -260,7 +255,7 @@ def reproduce(ctx: RunContext) -> dict[str, float]:
         for mode in modes:
             sub = RunDir(path=ctx.run_dir.path / mode)
             row = run_mode(mode, train_set, test_set, cfg, ctx, sub, widths, d0, eval_train, eval_test,
-                           checkpointer=independent_stage(ckpt, mode))  # fmt: skip
+                           checkpointer=ckpt.independent_stage(mode))  # fmt: skip
             spectra[mode] = row["_spectrum"]
             rows.append({k: v for k, v in row.items() if not k.startswith("_")})
             out.update(

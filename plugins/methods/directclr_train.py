@@ -11,10 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from plugins.checkpoint import Checkpointer
+from plugins.checkpoint import Checkpointer, check_resumed_permutation
 from plugins.data import ImageTensorDataset, TwoViewAugment
 from plugins.methods.directclr import DirectCLR, DirectCLRConfig
-from plugins.methods.simclr import check_resumed_permutation
 from plugins.monitoring import CollapseTracker
 from plugins.progress import progress_bar
 

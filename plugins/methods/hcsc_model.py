@@ -71,7 +71,7 @@ class HCSC(nn.Module):
         config: :class:`HCSCConfig`.
 
     Examples:
-        >>> from plugins.methods.simclr import small_resnet
+        >>> from plugins.backbones import small_resnet
         >>> enc, d = small_resnet(3, "tiny")
         >>> model = HCSC(enc, d, HCSCConfig(queue_size=1024))
         >>> # loss, logs = model(im_q, im_k, index, clusters)

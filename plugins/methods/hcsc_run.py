@@ -15,9 +15,8 @@ from plugins.errors import UserInputError
 from plugins.methods.hcsc_kmeans import scaled_cluster_sizes
 from plugins.methods.hcsc_model import HCSCConfig
 from plugins.methods.hcsc_train import TrainHistory, train_hcsc
-from plugins.methods.simclr import declared, independent_stage
 from plugins.metrics import spectrum
-from plugins.options import Option, OptionSet, config_from_options, options_from_dataclass
+from plugins.options import Option, OptionSet, config_from_options, declared, options_from_dataclass
 from plugins.reporting import RunContext, RunDir
 
 __all__ = ["run", "reproduce", "cpu_config", "OPTIONS"]
@@ -110,7 +109,7 @@ def _train_and_evaluate(
     embedding_map: bool = True,
     checkpointer: Checkpointer | None = None,
 ) -> dict[str, float]:
-    from plugins.methods.simclr import embed, evaluate_representation
+    from plugins.evaluation import embed, evaluate_representation
 
     t0 = time.perf_counter()
     model, hist = train_hcsc(
@@ -211,14 +210,14 @@ def reproduce(ctx: RunContext) -> dict[str, float]:
         key = name.lower().replace(" ", "_")
         sub = RunDir(path=ctx.run_dir.path / key)
         m = _train_and_evaluate(ctx, sub, train_set, test_set, cfg, clustering, name, False,
-                                checkpointer=independent_stage(ckpt, key))  # fmt: skip
+                                checkpointer=ckpt.independent_stage(key))  # fmt: skip
         sub.save_metrics(m)
         rows.append({"method": name, **{k: m.get(k) for k in _COLUMNS}})
         out.update({f"{name.split()[0].lower()}_{k}": v for k, v in m.items()})
     scfg = SimCLRConfig(epochs=epochs, batch_size=cfg.batch_size, arch=cfg.arch)
     t0 = time.perf_counter()
     model, _ = train_simclr(train_set, scfg, ctx.device, ctx.seed, ctx.progress,
-                            checkpointer=independent_stage(ckpt, "simclr"))  # fmt: skip
+                            checkpointer=ckpt.independent_stage("simclr"))  # fmt: skip
     m = {
         **evaluate_representation(model.encoder, train_set, test_set, progress=ctx.progress),
         "train_seconds": time.perf_counter() - t0,

@@ -116,7 +116,8 @@ def train_hcsc(
     generator, the epoch's prototypes and the queue-to-prototype cache, the history) and resumes
     from its ``--resume`` file to the same final parameters as an uninterrupted run.
     """
-    from plugins.methods.simclr import check_resumed_permutation, small_resnet
+    from plugins.backbones import small_resnet
+    from plugins.checkpoint import check_resumed_permutation
 
     cfg = config or HCSCConfig()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

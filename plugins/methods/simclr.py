@@ -8,25 +8,26 @@ same encoder at random initialisation.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from plugins.checkpoint import Checkpointer
+from plugins.backbones import TinyResNet, small_resnet
+from plugins.checkpoint import Checkpointer, check_resumed_permutation
 from plugins.data import (
     ImageTensorDataset,
     TwoViewAugment,
     check_finite,
     load_train_test,
 )
-from plugins.errors import UserInputError
+from plugins.evaluation import embed, evaluate_representation, resolve_device
 from plugins.heads import ProjectionHead
 from plugins.losses import nt_xent
-from plugins.metrics import effective_rank, knn_accuracy, linear_probe, spectrum
-from plugins.options import OptionSet, config_from_options, options_from_dataclass
-from plugins.progress import phase, progress_bar
+from plugins.metrics import spectrum
+from plugins.options import OptionSet, config_from_options, declared, options_from_dataclass
+from plugins.progress import progress_bar
 from plugins.reporting import RunContext
 
 __all__ = [
@@ -40,9 +41,6 @@ __all__ = [
     "run",
     "reproduce",
     "OPTIONS",
-    "declared",
-    "independent_stage",
-    "check_resumed_permutation",
 ]
 
 
@@ -64,77 +62,6 @@ class SimCLRConfig:
     image_size: int | None = None  # resize inputs to this side (None: keep)
 
 
-class _BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = (
-            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-            if stride != 1 or cin != cout
-            else nn.Identity()
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
-
-
-class TinyResNet(nn.Module):
-    """A small ResNet for CPU runs: 3x3 stem, one basic block per stage, global average pool.
-
-    Args:
-        in_channels: input bands.
-        widths: channels per stage; every stage after the first halves the resolution.
-    """
-
-    def __init__(self, in_channels: int = 3, widths: tuple[int, ...] = (32, 64, 128)):
-        super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
-            nn.BatchNorm2d(widths[0]),
-            nn.ReLU(inplace=True),
-        )
-        stages, cin = [], widths[0]
-        for i, w in enumerate(widths):
-            stages.append(_BasicBlock(cin, w, 1 if i == 0 else 2))
-            cin = w
-        self.stages = nn.Sequential(*stages)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.out_dim = widths[-1]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.stages(self.stem(x))).flatten(1)
-
-
-def small_resnet(in_channels: int = 3, arch: str = "resnet18") -> tuple[nn.Module, int]:
-    """Encoder for small images and its feature dimension.
-
-    ``arch="tiny"`` gives :class:`TinyResNet`; a torchvision name (``resnet18``, ``resnet34``,
-    ``resnet50``) gives that network with random weights, a 3x3 stride-1 stem, no max-pool (the
-    CIFAR variant of the SimCLR paper, Appendix B.9) and the classifier removed.
-    """
-    if arch == "tiny":
-        net = TinyResNet(in_channels)
-        return net, net.out_dim
-    import torchvision  # only for torchvision encoders: its import costs seconds at start-up
-
-    if not hasattr(torchvision.models, arch) or not arch.startswith(
-        ("resnet", "wide_resnet", "resnext")
-    ):
-        raise UserInputError(
-            f"unknown encoder arch '{arch}'; use 'tiny' or a torchvision ResNet name such as 'resnet18'."
-        )
-    net = getattr(torchvision.models, arch)(weights=None)
-    net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-    net.maxpool = nn.Identity()
-    dim = net.fc.in_features
-    net.fc = nn.Identity()
-    return net, dim
-
-
 class SimCLR(nn.Module):
     """Encoder + projector. ``forward(x1, x2) -> loss``; ``encoder`` is what downstream tasks use."""
 
@@ -150,12 +77,6 @@ class SimCLR(nn.Module):
         z = self.projector(self.encoder(torch.cat([x1, x2])))
         z1, z2 = z.chunk(2)
         return nt_xent(z1, z2, self.config.temperature, gather_distributed=gather_distributed)
-
-
-def _device(device: torch.device | str | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def train_simclr(
@@ -174,7 +95,7 @@ def train_simclr(
     parameters as an uninterrupted one (CPU, same seed).
     """
     cfg = config or SimCLRConfig()
-    device = _device(device)
+    device = resolve_device(device)
     torch.manual_seed(seed)
     images = dataset.images
     size = cfg.image_size or images.shape[-1]
@@ -214,85 +135,6 @@ def train_simclr(
             checkpointer.step(step + 1, **objects)
     bar.close()
     return model, losses
-
-
-@torch.no_grad()
-def embed(
-    encoder: nn.Module,
-    images: torch.Tensor,
-    batch_size: int = 512,
-    device: torch.device | str | None = None,
-    size: int | None = None,
-) -> torch.Tensor:
-    """Frozen features (N, D) of ``images`` (N, C, H, W) in eval mode, on the CPU."""
-    device = _device(device) if device is not None else next(encoder.parameters()).device
-    was_training = encoder.training
-    encoder.eval()
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = images[i : i + batch_size].to(device)
-        if size is not None and x.shape[-1] != size:
-            x = nn.functional.interpolate(
-                x, size=(size, size), mode="bilinear", align_corners=False
-            )
-        out.append(encoder(x).float().cpu())
-    encoder.train(was_training)
-    return torch.cat(out)
-
-
-def evaluate_representation(
-    encoder: nn.Module,
-    train_set: ImageTensorDataset,
-    test_set: ImageTensorDataset,
-    device: torch.device | str | None = None,
-    progress: bool = True,
-) -> dict[str, float]:
-    """kNN (k=200, t=0.1) and linear-probe accuracy of frozen features, plus effective rank of test features.
-
-    Each phase (embedding, kNN, linear probe) shows its elapsed time unless ``progress=False``."""
-    n = len(train_set) + len(test_set)
-    with phase(f"embedding {n} images", show=progress):
-        ztr = embed(encoder, train_set.images, device=device)
-        zte = embed(encoder, test_set.images, device=device)
-    with phase("kNN", show=progress):
-        knn = knn_accuracy(ztr, train_set.labels, zte, test_set.labels, k=min(200, len(ztr)))
-    with phase("linear probe", show=progress):
-        linear = linear_probe(ztr, train_set.labels, zte, test_set.labels)
-    return {"knn_acc": knn, "linear_acc": linear, "effective_rank": effective_rank(zte)}
-
-
-def check_resumed_permutation(
-    perm: torch.Tensor, n: int, start: int, steps: int, checkpointer: Checkpointer | None
-) -> None:
-    """A run resumed inside an epoch reuses that epoch's saved permutation, which only fits the
-    same number of training images."""
-    if checkpointer is not None and start % steps and len(perm) != n:
-        raise UserInputError(
-            f"--resume file {checkpointer.resume_path} was written for {len(perm)} training images, "
-            f"this run has {n}; resume with the same --data and options."
-        )
-
-
-def declared(ctx: RunContext, options: OptionSet) -> RunContext:
-    """``ctx`` checked against ``options`` when it came without an option set (a direct Python
-    call), so that every ``ctx.option`` read finds its declared default."""
-    if ctx.option_set is not None:
-        return ctx
-    return replace(ctx, option_set=options)
-
-
-def independent_stage(ckpt: Checkpointer, stage: str) -> Checkpointer:
-    """``ckpt`` for ``stage`` of a reproduction whose stages train separate models.
-
-    The checkpoint file holds only the latest stage, so a stage before the ``--resume`` file's is
-    trained again from the start (same seed, same result) instead of being skipped; the file's own
-    stage resumes and later stages start fresh."""
-    resumed = ckpt.load_resume()
-    if resumed is not None and ckpt.stages.index(stage) < ckpt.stages.index(resumed["stage"]):
-        return Checkpointer(
-            ckpt.path, ckpt.method, ckpt.every_steps, ckpt.every_seconds, None, ckpt.stages, stage
-        )
-    return ckpt.for_stage(stage)
 
 
 def run(ctx: RunContext) -> dict[str, float]:
@@ -375,7 +217,7 @@ def reproduce(ctx: RunContext) -> dict[str, float]:
             threads=ctx.threads,
             option_set=ctx.option_set,
         )
-        m = _run(sub, independent_stage(ckpt, name))
+        m = _run(sub, ckpt.independent_stage(name))
         ctx.used.update(sub.used)
         rows.append(
             {
