@@ -1,11 +1,6 @@
 """CLAWS under the strict command (issue 19): declared options, resumable training, progress."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +11,7 @@ from agri_ext.train import steps_per_epoch, train_claws
 from plugins.checkpoint import Checkpointer, load_checkpoint
 from plugins.data import ImageTensorDataset
 from plugins.errors import UserInputError
+from plugins.testing import interrupt_cli_run
 
 
 def _plants(n=24, size=12, seed=0):
@@ -165,38 +161,16 @@ def _keep_threads():
     torch.set_num_threads(n)
 
 
-def _wait_for(pattern: str, root: Path, proc: subprocess.Popen, timeout: float = 240) -> Path:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        found = list(root.glob(pattern))
-        if found:
-            return found[0]
-        if proc.poll() is not None:
-            raise AssertionError(f"run ended (rc {proc.returncode}) before {pattern} appeared")
-        time.sleep(0.01)
-    proc.kill()
-    raise AssertionError(f"{pattern} did not appear in {timeout} s")
-
-
 def test_sigint_keeps_checkpoint_and_resume_reaches_uninterrupted_parameters(
     tmp_path, _keep_threads
 ):
     from plugins.cli import main
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    cut = subprocess.Popen(
-        [sys.executable, "-m", "plugins", *_args(tmp_path / "cut", "--checkpoint-every", "1")],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        last = _wait_for("claws-*/last.ckpt", tmp_path / "cut", cut)
-        cut.send_signal(signal.SIGINT)
-        _, err = cut.communicate(timeout=120)
-    finally:
-        if cut.poll() is None:
-            cut.kill()
-    assert cut.returncode == 130, err
-    assert err.strip().splitlines()[-1] == "contrastive-plugins: interrupted."
+    argv = _args(tmp_path / "cut", "--checkpoint-every", "1")
+    cut = interrupt_cli_run(argv, tmp_path / "cut", "claws-*/last.ckpt", cwd=tmp_path)
+    last = cut.last_ckpt
+    assert cut.returncode == 130, cut.stderr
+    assert cut.stderr.strip().splitlines()[-1] == "contrastive-plugins: interrupted."
     assert json.loads((last.parent / "metrics.json").read_text())["status"] == "interrupted"
     state = load_checkpoint(last, "claws")
     assert state["stage"] == "train" and 1 <= state["step"] < 20

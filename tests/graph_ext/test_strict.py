@@ -2,13 +2,7 @@
 consent, safe .pt loading, NaN input, progress, periodic checkpoints and an exact resume."""
 
 import json
-import os
-import random
-import signal
 import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -23,6 +17,7 @@ from graph_ext.train import embed_graph, train
 from plugins.checkpoint import Checkpointer, load_checkpoint
 from plugins.cli import main
 from plugins.errors import UserInputError
+from plugins.testing import interrupt_cli_run
 from plugins.threads import cpu_threads
 
 # small and fast, but with the adversarial view: 30 nodes, ~0.01 s per epoch on one CPU thread
@@ -283,40 +278,19 @@ def test_resume_from_a_periodic_checkpoint_gives_the_same_parameters(tmp_path) -
     assert resumed.history == full.history  # the restored six epochs and the seventh
 
 
-def _wait_for(pattern: str, root: Path, proc: subprocess.Popen, timeout: float = 120) -> Path:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        found = list(root.glob(pattern))
-        if found:
-            return found[0]
-        if proc.poll() is not None:
-            raise AssertionError(f"run ended (rc {proc.returncode}) before {pattern} appeared")
-        time.sleep(0.01)
-    proc.kill()
-    raise AssertionError(f"{pattern} did not appear in {timeout} s")
-
-
 def test_sigint_keeps_a_checkpoint_and_resume_reaches_the_uninterrupted_parameters(
     capsys, tmp_path
 ) -> None:
     epochs = 100
     args = ["run", "ariel", "--epochs", str(epochs), *FAST, "--set", "splits=1", "--seed", "1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    cut = subprocess.Popen(
-        [sys.executable, "-m", "plugins", *args, "--device", "cpu", "--no-progress",
-         "--checkpoint-every", "1", "--out", str(tmp_path / "cut")],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    cut = interrupt_cli_run(
+        [*args, "--device", "cpu", "--no-progress", "--checkpoint-every", "1",
+         "--out", str(tmp_path / "cut")],
+        tmp_path / "cut", "ariel-*/last.ckpt", delay=0.1, cwd=tmp_path,  # at a random step
     )  # fmt: skip
-    try:
-        last = _wait_for("ariel-*/last.ckpt", tmp_path / "cut", cut)
-        time.sleep(random.Random().uniform(0.0, 0.1))  # a random step
-        cut.send_signal(signal.SIGINT)
-        _, err = cut.communicate(timeout=60)
-    finally:
-        if cut.poll() is None:
-            cut.kill()
-    assert cut.returncode == 130, err
-    assert err.strip().splitlines()[-1] == "contrastive-plugins: interrupted."
+    last = cut.last_ckpt
+    assert cut.returncode == 130, cut.stderr
+    assert cut.stderr.strip().splitlines()[-1] == "contrastive-plugins: interrupted."
     assert json.loads((last.parent / "metrics.json").read_text())["status"] == "interrupted"
     state = load_checkpoint(last, "ariel")
     assert 1 <= state["step"] < epochs, "the run was not interrupted during training"

@@ -4,11 +4,6 @@ sentence, nothing left behind, and a SIGINT-then-resume kill test (progress: tes
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -19,6 +14,7 @@ import yaml
 
 from plugins.checkpoint import load_checkpoint
 from plugins.cli import main
+from plugins.testing import interrupt_cli_run
 
 # a tiny network on 32x32 slices of the embedded MNI152 demo: seconds per run on one CPU thread
 TINY = [
@@ -131,24 +127,11 @@ def test_sigint_keeps_a_checkpoint_and_resume_reaches_the_same_parameters(
     steps = 30
     args = [*TINY, "--set", f"steps={steps}", "--checkpoint-every", "1"]
     killed = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "plugins", "run", "mr-multidomain", *args, "--out", str(killed)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=tmp_path,
+    cut = interrupt_cli_run(
+        ["run", "mr-multidomain", *args, "--out", str(killed)], killed, cwd=tmp_path
     )
-    deadline = time.monotonic() + 180
-    while not list(killed.glob("*/last.ckpt")):
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "no last.ckpt after 180 s"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
-    assert "Traceback" not in err
+    assert cut.returncode == 130, cut.stderr[-2000:]
+    assert "Traceback" not in cut.stderr
     (run_dir,) = killed.iterdir()
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
     state = load_checkpoint(run_dir / "last.ckpt", "mr-multidomain")

@@ -5,11 +5,6 @@ errors for truncated images and NaN pixels."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +20,7 @@ from plugins.checkpoint import Checkpointer, load_checkpoint
 from plugins.cli import main
 from plugins.errors import UserInputError
 from plugins.reporting import RunContext, RunDir
+from plugins.testing import interrupt_cli_run
 from plugins.threads import cpu_threads
 
 REPO = Path(__file__).resolve().parents[2]
@@ -162,26 +158,11 @@ def test_sigint_keeps_a_checkpoint_and_resume_matches_an_uninterrupted_run(tmp_p
     args += ["--no-progress", "--threads", "1"]
     args += ["--checkpoint-every", "1"]
     cut = tmp_path / "cut"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    with (tmp_path / "log.txt").open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "plugins", *args, "--out", str(cut)],
-            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        try:
-            deadline = time.monotonic() + 180
-            while not list(cut.glob("*/last.ckpt")) and proc.poll() is None:
-                assert time.monotonic() < deadline, "no last.ckpt within 180 s"
-                time.sleep(0.05)
-            assert proc.poll() is None, (tmp_path / "log.txt").read_text()
-            proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=120) == 130
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    interrupted = interrupt_cli_run([*args, "--out", str(cut)], cut, cwd=tmp_path)
+    assert interrupted.returncode == 130, interrupted.stderr
     (run,) = cut.iterdir()
     assert json.loads((run / "metrics.json").read_text())["status"] == "interrupted"
-    assert "interrupted" in (tmp_path / "log.txt").read_text().splitlines()[-1]
+    assert "interrupted" in interrupted.stderr.splitlines()[-1]
     last = load_checkpoint(run / "last.ckpt", method="supercon")
     assert last["stage"] in ("stage 1", "stage 2") and last["step"] >= 1
     assert not (run / "checkpoint.pt").exists()

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ from plugins.checkpoint import Checkpointer, load_checkpoint
 from plugins.cli import main
 from plugins.data import load_image_folder, load_train_test
 from plugins.errors import UserInputError
+from plugins.testing import interrupt_cli_run
 from plugins.threads import cpu_threads
 
 # -- kill test: SIGINT mid-training, then --resume -------------------------------------------------
@@ -40,53 +39,33 @@ def tiny_digits(tmp_path_factory) -> Path:
 
 
 def _command(method: str, data: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "plugins", "run", method, "--data", str(data), "--epochs",
-            str(EPOCHS), "--set", "batch_size=16", "--device", "cpu", "--no-progress", "--threads",
-            "1", "--checkpoint-every", "1", "--out", str(out), *extra]  # fmt: skip
+    """The arguments of ``python -m plugins``."""
+    return ["run", method, "--data", str(data), "--epochs", str(EPOCHS), "--set", "batch_size=16",
+            "--device", "cpu", "--no-progress", "--threads", "1", "--checkpoint-every", "1",
+            "--out", str(out), *extra]  # fmt: skip
 
 
 def _env() -> dict[str, str]:
     return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
 
-def _interrupt_at(cmd: list[str], out: Path, step: int, cwd: Path) -> tuple[Path, int]:
-    """Start ``cmd``, SIGINT it once its last.ckpt holds at least ``step`` steps; return the
-    checkpoint and the exit code."""
-    proc = subprocess.Popen(
-        cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline:
-            found = list(out.glob("*/last.ckpt"))
-            if found and torch.load(found[0], weights_only=True)["step"] >= step:
-                proc.send_signal(signal.SIGINT)
-                break
-            if proc.poll() is not None:
-                err = proc.communicate()[1].decode()[-2000:]
-                pytest.fail(f"run ended before step {step}: {err}")
-            time.sleep(0.01)
-        else:
-            pytest.fail(f"no checkpoint of step {step} within 300 s")
-        proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    return found[0], proc.returncode
-
-
 def _kill_and_resume(method: str, data: Path, tmp_path: Path, kill_step: int, *extra: str):
     """The resumed run's final checkpoint.pt and run folder, after checking the interrupted run."""
-    cmd = _command(method, data, tmp_path / "a", *extra)
-    ckpt, code = _interrupt_at(cmd, tmp_path / "a", kill_step, tmp_path)
-    assert code == 130
+    argv = _command(method, data, tmp_path / "a", *extra)
+    cut = interrupt_cli_run(
+        argv, tmp_path / "a", min_step=kill_step, cwd=tmp_path, env={"MKL_NUM_THREADS": "1"},
+        timeout=300,
+    )  # fmt: skip
+    ckpt = cut.last_ckpt
+    assert cut.returncode == 130
     assert json.loads((ckpt.parent / "metrics.json").read_text())["status"] == "interrupted"
     state = load_checkpoint(ckpt, method)
     assert kill_step <= state["step"] < STEPS_PER_EPOCH * EPOCHS  # in the middle of training
     cmd = _command(method, data, tmp_path / "b", *extra, "--resume", str(ckpt))
     done = subprocess.run(
-        cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600
-    )
+        [sys.executable, "-m", "plugins", *cmd], cwd=tmp_path, env=_env(), capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = (tmp_path / "b").iterdir()
     assert json.loads((run / "metrics.json").read_text())["status"] == "completed"

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -424,41 +422,23 @@ def test_sigint_exits_130_keeps_last_ckpt_and_resume_equals_uninterrupted(tmp_pa
     """SIGINT to a training subprocess once its periodic checkpoint reaches step 3 of 6: exit 130,
     status interrupted, a loadable last.ckpt; resuming from it gives bit-identical final weights
     and losses to an uninterrupted run (which runs in this process while the subprocess starts)."""
-    import threading
+    from concurrent.futures import ThreadPoolExecutor
 
     from plugins.checkpoint import load_checkpoint
     from plugins.cli import main
+    from plugins.testing import interrupt_cli_run
 
     args = [*_KILL_ARGS, "--data", str(s2_crop)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "plugins", *args, "--out", str(killed), "--checkpoint-every", "1"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    sent = threading.Event()
-
-    def interrupt_at_step() -> None:
-        deadline = time.monotonic() + 180
-        while proc.poll() is None and time.monotonic() < deadline:
-            found = list(killed.glob("*/last.ckpt"))
-            if found and torch.load(found[0], weights_only=True)["global_step"] >= _KILL_AT:
-                proc.send_signal(signal.SIGINT)
-                sent.set()
-                return
-            time.sleep(0.02)
-
-    watcher = threading.Thread(target=interrupt_at_step, daemon=True)
-    watcher.start()
-    try:
+    with ThreadPoolExecutor(1) as pool:  # the subprocess runs in a thread, the reference here
+        cut = pool.submit(
+            interrupt_cli_run, [*args, "--out", str(killed), "--checkpoint-every", "1"], killed,
+            min_step=_KILL_AT, cwd=tmp_path, env={"PYTHONUNBUFFERED": "1"}, timeout=180,
+        )  # fmt: skip
         assert main([*args, "--out", str(tmp_path / "full")]) == 0  # meanwhile: uninterrupted
-        output = proc.communicate(timeout=180)[0]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    watcher.join()
-    assert sent.is_set(), output[-3000:]
-    assert proc.returncode == 130, output[-3000:]
+        cut = cut.result()
+    output = cut.stdout + cut.stderr
+    assert cut.returncode == 130, output[-3000:]
     assert "Traceback" not in output
     run = _run_folder(killed)
     assert json.loads((run / "metrics.json").read_text())["status"] == "interrupted"
