@@ -52,7 +52,7 @@ def _entry(
         result = worker(rank, *args)
     finally:
         dist.destroy_process_group()
-    torch.save(result, Path(out) / f"rank{rank}.pt")
+    torch.save({"result": result}, Path(out) / f"rank{rank}.pt")
 
 
 def run_gloo(worker: Callable[..., Any], world_size: int, *args: Any) -> list[Any]:
@@ -69,7 +69,8 @@ def run_gloo(worker: Callable[..., Any], world_size: int, *args: Any) -> list[An
             join=True,
         )
         return [
-            torch.load(Path(out) / f"rank{r}.pt", weights_only=False) for r in range(world_size)
+            load_checkpoint(Path(out) / f"rank{r}.pt", what="rank result")["result"]
+            for r in range(world_size)
         ]
 
 
