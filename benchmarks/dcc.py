@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 import plugins.methods.dcc as dcc
 from plugins.methods.dcc import DCCConfig, EvalConfig, condense, evaluate_synthetic
-from plugins.methods.dcc_dsa import apply_dsa, sample_dsa
-from plugins.methods.dcc_match import gradient_match_distance, real_class_mean_gradient_loop
+from plugins.methods.dcc.dsa import apply_dsa, sample_dsa
+from plugins.methods.dcc.match import gradient_match_distance, real_class_mean_gradient_loop
 
 
 def literal_dcc_loss(net, real, syn, dsa=None, generator=None, params=None):
@@ -42,7 +42,7 @@ def literal_dcc_loss(net, real, syn, dsa=None, generator=None, params=None):
 
 def load(size: int):
     from plugins.data import shared_path
-    from plugins.methods.dcc_run import _load
+    from plugins.methods.dcc.run import _load
 
     name = "cifar10" if shared_path("cifar10", required=False) else None
     return _load(name, size)

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plugins.methods.hcsc import HCSC, HCSCConfig, hierarchical_kmeans, kmeans
+from plugins.methods.hcsc import HCSC, HCSCConfig, hierarchical_kmeans
+from plugins.methods.hcsc.kmeans import kmeans
 
 
 class _Identity(nn.Module):

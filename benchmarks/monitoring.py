@@ -23,7 +23,7 @@ import torch
 
 from plugins.backbones import TinyResNet, small_resnet
 from plugins.methods.directclr import DirectCLR
-from plugins.methods.directclr_train import AsymmetricAugment
+from plugins.methods.directclr.train import AsymmetricAugment
 from plugins.monitoring import DEFAULT_EVERY_N_STEPS, CollapseTracker, collapse_stats
 
 

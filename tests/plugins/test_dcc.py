@@ -19,9 +19,9 @@ from plugins.methods.dcc import (
     loops_for_ipc,
     use_contrastive,
 )
-from plugins.methods.dcc_dsa import OPS, DSAConfig, apply_dsa, sample_dsa
-from plugins.methods.dcc_eval import EvalConfig, _train_sequential, _train_vmapped
-from plugins.methods.dcc_match import (
+from plugins.methods.dcc.dsa import OPS, DSAConfig, apply_dsa, sample_dsa
+from plugins.methods.dcc.evaluate import EvalConfig, _train_sequential, _train_vmapped
+from plugins.methods.dcc.match import (
     dcc_matching_loss,
     real_class_mean_gradient,
     real_class_mean_gradient_loop,
@@ -178,7 +178,7 @@ def test_dsa_ops_against_explicit_transforms():
     )
     torch.testing.assert_close(flip[0], x[0].flip(-1), atol=1e-6, rtol=0)
     torch.testing.assert_close(flip[1], x[1], atol=1e-6, rtol=0)
-    from plugins.methods.dcc_dsa import DSAParams
+    from plugins.methods.dcc.dsa import DSAParams
 
     crop = apply_dsa(x, DSAParams("crop", {"shift": torch.tensor([[1, 0], [0, -1]])}), g, cfg)
     want0 = torch.zeros_like(x[0])
@@ -267,7 +267,7 @@ def test_convnet_rejects_too_small_images():
 
 
 def _context(run_dir, command="run", **kwargs):
-    from plugins.methods.dcc_run import OPTIONS
+    from plugins.methods.dcc.run import OPTIONS
     from plugins.reporting import RunContext, RunDir
 
     return RunContext(
@@ -281,7 +281,7 @@ def _context(run_dir, command="run", **kwargs):
 
 
 def test_run_writes_run_directory(tmp_path):
-    from plugins.methods.dcc_run import run
+    from plugins.methods.dcc.run import run
 
     ctx = _context(
         tmp_path / "run",
@@ -335,7 +335,7 @@ def test_run_writes_run_directory(tmp_path):
 @pytest.mark.slow
 def test_condensed_digits_beat_random_selection():
     from plugins.methods.dcc import EvalConfig, evaluate_synthetic
-    from plugins.methods.dcc_run import _load
+    from plugins.methods.dcc.run import _load
 
     train, test, _ = _load(None, 16)
     cfg = DCCConfig(batch_real=16, width=32)
@@ -349,7 +349,7 @@ def test_condensed_digits_beat_random_selection():
 
 
 def test_reproduce_table_rows_grids_and_contrastive_step_counts(tmp_path):
-    from plugins.methods.dcc_run import reproduce
+    from plugins.methods.dcc.run import reproduce
 
     outer = 2
     ctx = _context(

@@ -170,7 +170,7 @@ def test_sigint_keeps_checkpoint_and_resume_reaches_uninterrupted_synthetic_set(
     a = SyntheticSet.load(resumed_dir / "synthetic.pt")
     # the uninterrupted reference: the same condensation, its settings read through the same
     # declared options (without the run's evaluation and plots, to keep the test short)
-    from plugins.methods.dcc_run import OPTIONS, _condense_config, _load
+    from plugins.methods.dcc.run import OPTIONS, _condense_config, _load
     from plugins.options import parse_pairs
     from plugins.reporting import RunContext, RunDir
 

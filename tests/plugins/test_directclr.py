@@ -16,13 +16,13 @@ from plugins.methods.directclr import (
     directclr_loss,
     zero_init_residual,
 )
-from plugins.methods.directclr_toy import (
+from plugins.methods.directclr.toy import (
     alignment_diagonality,
     euclidean_info_nce,
     implicit_regularization_toy,
     strong_augmentation_toy,
 )
-from plugins.methods.directclr_train import LARS, AsymmetricAugment, lr_at, solarize
+from plugins.methods.directclr.train import LARS, AsymmetricAugment, lr_at, solarize
 
 
 @pytest.fixture(autouse=True)
@@ -221,7 +221,7 @@ def test_euclidean_info_nce_against_loop():
 
 # -- the command ----------------------------------------------------------------------------------
 def test_demo_run_writes_run_dir(tmp_path):
-    from plugins.methods.directclr_run import run
+    from plugins.methods.directclr.run import run
     from plugins.reporting import RunContext, RunDir
 
     ctx = RunContext("directclr", RunDir(path=tmp_path), epochs=1, device=torch.device("cpu"), demo=True, progress=False,

@@ -18,8 +18,8 @@ from plugins.methods.hcsc import (
     HCSCConfig,
     cluster_concentration,
     hierarchical_kmeans,
-    kmeans,
 )
+from plugins.methods.hcsc.kmeans import kmeans
 
 
 def _planted(seed: int = 0, per: int = 15):
@@ -230,7 +230,7 @@ def test_queue_cache_equals_full_recompute():
 
 def test_run_demo_writes_outputs(tmp_path, monkeypatch):
     import plugins.reporting
-    from plugins.methods.hcsc import run
+    from plugins.methods.hcsc.run import run
     from plugins.reporting import RunContext, RunDir
 
     # the 2-D map's t-SNE (foundation code) takes minutes on a loaded 2-core CPU; a PCA map keeps

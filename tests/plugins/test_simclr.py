@@ -64,7 +64,7 @@ def test_run_writes_run_directory(tmp_path):
         demo=True,
         progress=False,
     )
-    from plugins.methods.simclr import run
+    from plugins.methods.simclr.run import run
 
     metrics = run(ctx)
     files = {p.name for p in (tmp_path / "run").iterdir()}

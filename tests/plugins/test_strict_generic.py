@@ -129,7 +129,7 @@ class _StopAt(Checkpointer):
 
 def test_directclr_resume_equals_uninterrupted_with_collapse_history(tmp_path):
     from plugins.methods.directclr import DirectCLR, DirectCLRConfig
-    from plugins.methods.directclr_train import train_directclr
+    from plugins.methods.directclr.train import train_directclr
     from plugins.methods.simclr import TinyResNet
 
     train_set, test_set, _ = load_train_test(None, size=8)
@@ -205,7 +205,7 @@ def test_run_help_lists_the_keys_with_defaults(method, keys, capsys):
 
 
 def test_directclr_config_records_effective_settings(tmp_path):
-    from plugins.methods.directclr_run import OPTIONS, run
+    from plugins.methods.directclr.run import OPTIONS, run
     from plugins.reporting import RunContext, RunDir
 
     ctx = RunContext("directclr", RunDir(path=tmp_path), epochs=1, device=torch.device("cpu"), progress=False,
@@ -225,7 +225,7 @@ def test_directclr_config_records_effective_settings(tmp_path):
 
 
 def test_hcsc_cpu_config_derives_what_depends_on_the_data():
-    from plugins.methods.hcsc_run import OPTIONS, cpu_config
+    from plugins.methods.hcsc.run import OPTIONS, cpu_config
     from plugins.reporting import RunContext, RunDir
 
     ctx = RunContext(

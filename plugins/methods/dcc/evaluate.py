@@ -21,9 +21,9 @@ from torch.func import functional_call, jacrev, stack_module_state, vmap
 
 from plugins.data import ImageTensorDataset
 from plugins.losses import full_precision
-from plugins.methods.dcc_data import SyntheticSet
-from plugins.methods.dcc_dsa import DSAConfig, dsa
-from plugins.methods.dcc_model import ConvNet
+from plugins.methods.dcc.data import SyntheticSet
+from plugins.methods.dcc.dsa import DSAConfig, dsa
+from plugins.methods.dcc.model import ConvNet
 from plugins.progress import progress_bar
 
 __all__ = [

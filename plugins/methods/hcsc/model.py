@@ -18,8 +18,8 @@ from torch import nn
 
 from plugins import distributed as D
 from plugins.heads import FeatureQueue, ProjectionHead, momentum_copy, momentum_update
-from plugins.methods.hcsc_kmeans import ClusterResult
-from plugins.methods.hcsc_loss import (
+from plugins.methods.hcsc.kmeans import ClusterResult
+from plugins.methods.hcsc.loss import (
     instance_keep_probability,
     prototype_keep_probability,
     prototype_nce,

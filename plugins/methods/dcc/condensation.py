@@ -24,24 +24,24 @@ import torch.nn.functional as F
 
 from plugins.data import ImageTensorDataset, check_finite
 from plugins.errors import UserInputError
-from plugins.methods.dcc_data import SyntheticSet, channel_stats, group_by_class
-from plugins.methods.dcc_dsa import DSAConfig
-from plugins.methods.dcc_dsa import dsa as dsa_augment
-from plugins.methods.dcc_eval import (
+from plugins.methods.dcc.data import SyntheticSet, channel_stats, group_by_class
+from plugins.methods.dcc.dsa import DSAConfig
+from plugins.methods.dcc.dsa import dsa as dsa_augment
+from plugins.methods.dcc.evaluate import (
     EvalConfig,
     empirical_ntk,
     evaluate_synthetic,
     kernel_distance,
     kernel_velocity,
 )
-from plugins.methods.dcc_match import (
+from plugins.methods.dcc.match import (
     dc_matching_loss,
     dcc_matching_loss,
     gradient_match_distance,
     loops_for_ipc,
     use_contrastive,
 )
-from plugins.methods.dcc_model import ConvNet
+from plugins.methods.dcc.model import ConvNet
 from plugins.progress import progress_bar
 
 if TYPE_CHECKING:

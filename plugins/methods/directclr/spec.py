@@ -6,8 +6,8 @@ SPEC = MethodSpec(
     domain="generic images; collapse monitoring for every method",
     framework="plain torch / Lightning (plugins.monitoring.CollapseMonitor)",
     default_data="scikit-learn digits (1,797 real 8x8 images, 10 classes)",
-    run="plugins.methods.directclr_run:run",
-    reproduce="plugins.methods.directclr_run:reproduce",
+    run="plugins.methods.directclr.run:run",
+    reproduce="plugins.methods.directclr.run:reproduce",
     demo_metric="knn_acc",
-    options="plugins.methods.directclr_run:OPTIONS",
+    options="plugins.methods.directclr.run:OPTIONS",
 )

@@ -13,7 +13,7 @@ from torch import nn
 
 from plugins.checkpoint import Checkpointer, check_resumed_permutation
 from plugins.data import ImageTensorDataset, TwoViewAugment
-from plugins.methods.directclr import DirectCLR, DirectCLRConfig
+from plugins.methods.directclr.model import DirectCLR, DirectCLRConfig
 from plugins.monitoring import CollapseTracker
 from plugins.progress import progress_bar
 

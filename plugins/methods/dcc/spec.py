@@ -9,8 +9,8 @@ SPEC = MethodSpec(
     domain="generic images (dataset condensation)",
     framework="plain torch (torch.func for the N-model evaluation and the NTK diagnostic)",
     default_data="scikit-learn digits (1,797 real 8x8 images, 10 classes)",
-    run="plugins.methods.dcc_run:run",
-    reproduce="plugins.methods.dcc_run:reproduce",
+    run="plugins.methods.dcc.run:run",
+    reproduce="plugins.methods.dcc.run:reproduce",
     demo_metric="acc_mean",
-    options="plugins.methods.dcc_run:OPTIONS",
+    options="plugins.methods.dcc.run:OPTIONS",
 )

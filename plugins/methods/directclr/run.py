@@ -18,20 +18,20 @@ from plugins.checkpoint import Checkpointer
 from plugins.data import ImageTensorDataset, check_finite, load_train_test
 from plugins.errors import UserInputError
 from plugins.evaluation import embed, evaluate_representation
-from plugins.methods.directclr import (
+from plugins.methods.directclr.model import (
     MODES,
     DirectCLR,
     DirectCLRConfig,
     default_d0,
     zero_init_residual,
 )
-from plugins.methods.directclr_toy import (
+from plugins.methods.directclr.toy import (
     alignment_diagonality,
     alignment_matrix,
     implicit_regularization_toy,
     strong_augmentation_toy,
 )
-from plugins.methods.directclr_train import train_directclr
+from plugins.methods.directclr.train import train_directclr
 from plugins.metrics import spectrum
 from plugins.options import Option, OptionSet, config_from_options, declared, options_from_dataclass
 from plugins.progress import phase

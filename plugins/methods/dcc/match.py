@@ -21,7 +21,7 @@ from torch import nn
 
 from plugins.errors import UserInputError
 from plugins.losses import full_precision
-from plugins.methods.dcc_dsa import DSAConfig, DSAParams, apply_dsa, sample_dsa
+from plugins.methods.dcc.dsa import DSAConfig, DSAParams, apply_dsa, sample_dsa
 
 _DEFAULT_DSA = DSAConfig()
 

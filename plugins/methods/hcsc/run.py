@@ -12,9 +12,9 @@ import torch
 from plugins.checkpoint import Checkpointer
 from plugins.data import ImageTensorDataset, check_finite
 from plugins.errors import UserInputError
-from plugins.methods.hcsc_kmeans import scaled_cluster_sizes
-from plugins.methods.hcsc_model import HCSCConfig
-from plugins.methods.hcsc_train import TrainHistory, train_hcsc
+from plugins.methods.hcsc.kmeans import scaled_cluster_sizes
+from plugins.methods.hcsc.model import HCSCConfig
+from plugins.methods.hcsc.train import TrainHistory, train_hcsc
 from plugins.metrics import spectrum
 from plugins.options import Option, OptionSet, config_from_options, declared, options_from_dataclass
 from plugins.reporting import RunContext, RunDir
@@ -181,7 +181,9 @@ def reproduce(ctx: RunContext) -> dict[str, float]:
     retrains the runs before the checkpoint's one and continues that one.
     """
     from plugins.data import load_cifar10
-    from plugins.methods.simclr import SimCLRConfig, evaluate_representation, train_simclr
+    from plugins.evaluation import evaluate_representation
+    from plugins.methods.simclr.config import SimCLRConfig
+    from plugins.methods.simclr.train import train_simclr
 
     ctx = declared(ctx, OPTIONS["reproduce"])
     limit, test_limit = ctx.option("train_limit"), ctx.option("test_limit")

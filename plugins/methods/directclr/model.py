@@ -21,8 +21,8 @@ denominator also holds the same-view negatives (2N - 2 negatives, temperature 0.
 paper's released code, ``CE(norm(z1) @ norm(z2).T / t, diag)`` averaged over both directions.
 
 Training utilities (LARS, schedule, the asymmetric augmentations) are in
-:mod:`plugins.methods.directclr_train`, the command functions in :mod:`plugins.methods.directclr_run`,
-the paper's linear toy simulations in :mod:`plugins.methods.directclr_toy`.
+:mod:`plugins.methods.directclr.train`, the command functions in :mod:`plugins.methods.directclr.run`,
+the paper's linear toy simulations in :mod:`plugins.methods.directclr.toy`.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from plugins.data import ImageTensorDataset, check_finite
-from plugins.methods.dcc import (
+from plugins.methods.dcc.condensation import (
     METHODS,
     DCCConfig,
     EvalConfig,
@@ -20,7 +20,7 @@ from plugins.methods.dcc import (
     evaluate_synthetic,
     kernel_velocity,
 )
-from plugins.methods.dcc_data import SyntheticSet
+from plugins.methods.dcc.data import SyntheticSet
 from plugins.metrics import spectrum
 from plugins.options import Option, OptionSet, config_from_options, options_from_dataclass
 from plugins.progress import phase

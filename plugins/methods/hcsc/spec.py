@@ -6,8 +6,8 @@ SPEC = MethodSpec(
     domain="generic images",
     framework="plain torch",
     default_data="scikit-learn digits (1,797 real 8x8 images, upsampled to 16x16, 10 classes)",
-    run="plugins.methods.hcsc:run",
-    reproduce="plugins.methods.hcsc:reproduce",
+    run="plugins.methods.hcsc.run:run",
+    reproduce="plugins.methods.hcsc.run:reproduce",
     demo_metric="knn_acc",
-    options="plugins.methods.hcsc_run:OPTIONS",
+    options="plugins.methods.hcsc.run:OPTIONS",
 )

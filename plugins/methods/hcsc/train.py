@@ -15,8 +15,8 @@ from torch import nn
 from plugins.checkpoint import Checkpointer
 from plugins.data import ImageTensorDataset, TwoViewAugment
 from plugins.errors import UserInputError
-from plugins.methods.hcsc_kmeans import ClusterResult, hierarchical_kmeans
-from plugins.methods.hcsc_model import HCSC, HCSCConfig
+from plugins.methods.hcsc.kmeans import ClusterResult, hierarchical_kmeans
+from plugins.methods.hcsc.model import HCSC, HCSCConfig
 from plugins.progress import phase, progress_bar
 
 __all__ = ["TrainHistory", "train_hcsc", "key_features", "selection_stats"]

@@ -6,8 +6,8 @@ SPEC = MethodSpec(
     domain="generic images (baseline row)",
     framework="plain torch",
     default_data="scikit-learn digits (1,797 real 8x8 images, 10 classes)",
-    run="plugins.methods.simclr:run",
-    reproduce="plugins.methods.simclr:reproduce",
+    run="plugins.methods.simclr.run:run",
+    reproduce="plugins.methods.simclr.run:reproduce",
     demo_metric="knn_acc",
-    options="plugins.methods.simclr:OPTIONS",
+    options="plugins.methods.simclr.run:OPTIONS",
 )
