@@ -3,13 +3,14 @@ Self-supervised Learning", ICLR 2022): InfoNCE on the first d0 representation di
 projector; the toy collapse experiments.
 
 Files: ``model.py`` (config, loss, model), ``train.py`` (the loop and its augmentation), ``toy.py`` (the
-paper's linear toy models), ``run.py`` (command functions), ``spec.py`` (registry).
+paper's linear toy models), ``task.py`` (the Lightning task), ``run.py`` (command functions), ``spec.py`` (registry).
 Names are imported lazily, so that the registry's ``spec`` does not import torch.
 """
 
 from plugins.lazy import lazy_exports
 
 _EXPORTS = {
+    "DirectCLRTask": "plugins.methods.directclr.task",
     "MODES": "plugins.methods.directclr.model",
     "DirectCLRConfig": "plugins.methods.directclr.model",
     "DirectCLR": "plugins.methods.directclr.model",

@@ -2,13 +2,14 @@
 Representations", ICML 2020): the baseline row every other method is compared with.
 
 Files: ``config.py`` (hyperparameters), ``model.py`` (encoder + projector + NT-Xent), ``train.py``
-(the loop), ``run.py`` (``contrastive-plugins run|reproduce simclr``), ``spec.py`` (registry).
+(the loop), ``task.py`` (the Lightning task), ``run.py`` (``contrastive-plugins run|reproduce simclr``), ``spec.py`` (registry).
 Names are imported lazily, so that the registry's ``spec`` does not import torch.
 """
 
 from plugins.lazy import lazy_exports
 
 _EXPORTS = {
+    "SimCLRTask": "plugins.methods.simclr.task",
     "SimCLRConfig": "plugins.methods.simclr.config",
     "SimCLR": "plugins.methods.simclr.model",
     "train_simclr": "plugins.methods.simclr.train",

@@ -1,0 +1,221 @@
+"""DirectCLR as a Lightning task (like torchgeo's ``BaseTask``s); the maths stays in
+:class:`DirectCLR` / :func:`directclr_loss`, the optimiser and schedule in
+:mod:`plugins.methods.directclr.train`.
+
+``training_step`` takes a batch of images (uint8 or float, ``(B, C, H, W)``), a dict (``"image"``,
+``"label"``) or a tuple ``(images, labels)``; labels feed only the online classifier. Views are drawn
+on the batch's device (:class:`AsymmetricAugment`, or the ``augment`` module given). Under DDP the
+InfoNCE contrasts every rank's samples (``gather_distributed``), while the online linear classifier
+stays local and detached: it sees this rank's ``r.detach()`` and labels only, never reaches the
+encoder, and DDP's gradient average makes its step the full-batch step. Use
+``Trainer(sync_batchnorm=True)`` so that BatchNorm sees the global batch.
+
+It returns ``{"loss", "representation", "embedding"}``, so :class:`plugins.monitoring.CollapseMonitor`
+reads the features at no extra cost (or through :meth:`collapse_features` with a probe batch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import nn
+
+from plugins import distributed as D
+from plugins.backbones import small_resnet
+from plugins.methods.directclr.model import DirectCLR, DirectCLRConfig
+from plugins.methods.directclr.train import LARS, AsymmetricAugment, lr_at
+
+__all__ = ["DirectCLRTask"]
+
+_DEFAULTS = DirectCLRConfig()
+
+
+def _images_and_labels(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(images, labels or None)`` of a tensor, a mapping (``image`` / ``label``) or a tuple."""
+    if isinstance(batch, Mapping):
+        images = batch["image"] if "image" in batch else next(iter(batch.values()))
+        return images, batch.get("label", batch.get("labels"))
+    if isinstance(batch, list | tuple):
+        return batch[0], (batch[1] if len(batch) > 1 else None)
+    return batch, None
+
+
+class DirectCLRTask(LightningModule):
+    """DirectCLR (Jing et al., ICLR 2022) for ``lightning.Trainer``.
+
+    Args:
+        in_channels: image bands.
+        arch: backbone, ``"tiny"`` or a torchvision ResNet name (:func:`plugins.backbones.small_resnet`).
+        mode: one of :data:`plugins.methods.directclr.model.MODES`.
+        d0: dims the loss sees (default :func:`default_d0` of the width).
+        num_classes: adds the online linear classifier on ``r.detach()`` (when ``online_classifier``);
+            batches must then carry labels.
+        batch_size: the global batch size the LARS learning rate is scaled with
+            (``base_lr * batch_size / base_batch_size``).
+        image_size: side of the views (default: the input's).
+        zero_init: zero-initialise the residual blocks' last BN scale (paper setting).
+        augment: module ``images -> (view1, view2)``; default :class:`AsymmetricAugment`.
+        gather_distributed: contrast against every rank's samples under DDP.
+        The other arguments are the :class:`DirectCLRConfig` fields of the same names.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        arch: str = "tiny",
+        mode: str = "directclr",
+        d0: int | None = None,
+        num_classes: int | None = None,
+        d0_fraction: float = _DEFAULTS.d0_fraction,
+        temperature: float = _DEFAULTS.temperature,
+        negatives: str = _DEFAULTS.negatives,
+        projection_dim: int = _DEFAULTS.projection_dim,
+        optimizer: str = _DEFAULTS.optimizer,
+        base_lr: float = _DEFAULTS.base_lr,
+        base_batch_size: int = _DEFAULTS.base_batch_size,
+        adam_lr: float = _DEFAULTS.adam_lr,
+        weight_decay: float = _DEFAULTS.weight_decay,
+        lars_eta: float = _DEFAULTS.lars_eta,
+        warmup_fraction: float = _DEFAULTS.warmup_fraction,
+        batch_size: int = _DEFAULTS.batch_size,
+        blur_p: tuple[float, float] = _DEFAULTS.blur_p,
+        solarize_p: tuple[float, float] = _DEFAULTS.solarize_p,
+        crop_scale: tuple[float, float] = _DEFAULTS.crop_scale,
+        online_classifier: bool = _DEFAULTS.online_classifier,
+        image_size: int | None = None,
+        zero_init: bool = True,
+        augment: nn.Module | None = None,
+        gather_distributed: bool = True,
+    ):
+        super().__init__()
+        if optimizer not in ("lars", "adam"):
+            raise ValueError(f"optimizer must be 'lars' or 'adam', got {optimizer!r}")
+        self.save_hyperparameters(ignore=["augment"])
+        self.augment = augment
+        self._default_augment: dict[int, nn.Module] = {}
+        self.configure_models()
+
+    @property
+    def config(self) -> DirectCLRConfig:
+        h = self.hparams
+        return DirectCLRConfig(
+            d0_fraction=h.d0_fraction,
+            temperature=h.temperature,
+            negatives=h.negatives,
+            projection_dim=h.projection_dim,
+            optimizer=h.optimizer,
+            base_lr=h.base_lr,
+            base_batch_size=h.base_batch_size,
+            adam_lr=h.adam_lr,
+            weight_decay=h.weight_decay,
+            lars_eta=h.lars_eta,
+            warmup_fraction=h.warmup_fraction,
+            batch_size=h.batch_size,
+            blur_p=tuple(h.blur_p),
+            solarize_p=tuple(h.solarize_p),
+            crop_scale=tuple(h.crop_scale),
+            online_classifier=h.online_classifier,
+        )
+
+    def configure_models(self) -> None:
+        """Backbone (:func:`small_resnet`) wrapped in :class:`DirectCLR`."""
+        h = self.hparams
+        backbone, dim = small_resnet(h.in_channels, h.arch)
+        self.model = DirectCLR(
+            backbone,
+            d0=h.d0,
+            mode=h.mode,
+            feat_dim=dim,
+            num_classes=h.num_classes if h.online_classifier else None,
+            config=self.config,
+            zero_init=h.zero_init,
+        )
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _gather(self) -> bool:
+        if not self.hparams.gather_distributed:
+            return False
+        trainer = self._trainer
+        world = trainer.world_size if trainer is not None else D.world_size()
+        return world > 1
+
+    def _views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        augment = self.augment
+        if augment is None:
+            size = self.hparams.image_size or x.shape[-1]
+            augment = self._default_augment.get(size)
+            if augment is None:  # no parameters or buffers: nothing to move or checkpoint
+                augment = self._default_augment[size] = AsymmetricAugment(size, self.config)
+        return augment(x)
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_floating_point():
+            x = x.float() / 255
+        size = self.hparams.image_size
+        if size is not None and tuple(x.shape[-2:]) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        return x
+
+    # -- Lightning hooks --------------------------------------------------------------------------
+    def training_step(self, batch: Any, batch_idx: int = 0) -> dict[str, torch.Tensor]:
+        x, labels = _images_and_labels(batch)
+        if self.model.classifier is not None and labels is None:
+            raise ValueError(
+                "DirectCLRTask(num_classes=...) trains an online classifier: batches must carry "
+                "labels, e.g. (images, labels)"
+            )
+        x1, x2 = self._views(x)
+        out = self.model(
+            x1,
+            x2,
+            labels if self.model.classifier is not None else None,
+            gather_distributed=self._gather(),
+        )
+        if self._trainer is not None:
+            n = x.shape[0]
+            self.log("train_loss", out["contrastive_loss"], prog_bar=True, batch_size=n)
+            if "classifier_loss" in out:
+                self.log("train_classifier_loss", out["classifier_loss"], batch_size=n)
+                self.log("train_classifier_acc", out["classifier_acc"], batch_size=n)
+        return {
+            "loss": out["loss"],
+            "representation": out["representation"].detach(),
+            "embedding": out["embedding"].detach(),
+        }
+
+    def collapse_features(self, batch: Any, on: str = "representation") -> torch.Tensor:
+        """Hook for :class:`plugins.monitoring.CollapseMonitor`: r or z of the batch's images."""
+        images, _ = _images_and_labels(batch)
+        return self.model.collapse_features(self._prepare(images), on=on)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """LARS (paper; lr ``base_lr * batch_size / base_batch_size``) or Adam (``adam_lr``), with
+        :func:`lr_at`'s warm-up + cosine schedule per step over the trainer's estimated steps, as
+        :func:`plugins.methods.directclr.train.train_directclr`."""
+        h = self.hparams
+        if h.optimizer == "lars":
+            peak = h.base_lr * h.batch_size / h.base_batch_size
+            opt: torch.optim.Optimizer = LARS(
+                self.parameters(), lr=peak, weight_decay=h.weight_decay, eta=h.lars_eta
+            )
+        else:
+            peak = h.adam_lr
+            opt = torch.optim.Adam(self.parameters(), lr=peak, weight_decay=h.weight_decay)
+        total, warmup = _total_steps(self), h.warmup_fraction
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: lr_at(step, total, peak, warmup) / peak
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _total_steps(module: LightningModule) -> int:
+    """The trainer's estimated optimisation steps (1 outside a trainer or when unbounded)."""
+    trainer = module._trainer
+    if trainer is None:
+        return 1
+    total = trainer.estimated_stepping_batches
+    return max(1, int(total)) if total != float("inf") else 1

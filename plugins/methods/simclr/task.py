@@ -1,0 +1,158 @@
+"""SimCLR as a Lightning task (like torchgeo's ``BaseTask``s): strategies, precision, checkpoints and
+loggers come from the ``lightning.Trainer``; the maths stays in :class:`SimCLR` / ``nt_xent``.
+
+::
+
+    task = SimCLRTask(in_channels=3, arch="resnet18", temperature=0.5)
+    Trainer(strategy="ddp", devices=2, precision="bf16-mixed").fit(task, loader)
+
+``training_step`` takes a batch of images (uint8 or float, ``(B, C, H, W)``, or a dict / tuple whose
+first item holds them), draws the two views on the batch's device (:class:`TwoViewAugment`, or the
+``augment`` module given) and returns ``{"loss": ...}``. Under DDP the loss contrasts every rank's
+samples (``gather_distributed``); use ``Trainer(sync_batchnorm=True)`` for SimCLR's global BN.
+:class:`plugins.monitoring.CollapseMonitor` finds its features through :meth:`collapse_features`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import nn
+
+from plugins import distributed as D
+from plugins.backbones import small_resnet
+from plugins.data import TwoViewAugment
+from plugins.methods.simclr.config import SimCLRConfig
+from plugins.methods.simclr.model import SimCLR
+
+__all__ = ["SimCLRTask"]
+
+_DEFAULTS = SimCLRConfig()
+
+
+def _images(batch: Any) -> torch.Tensor:
+    """The images of a batch: the tensor itself, ``batch["image"]`` (else the first value of a
+    mapping) or the first item of a tuple / list."""
+    if isinstance(batch, Mapping):
+        return batch["image"] if "image" in batch else next(iter(batch.values()))
+    if isinstance(batch, list | tuple):
+        return batch[0]
+    return batch
+
+
+class SimCLRTask(LightningModule):
+    """SimCLR (Chen et al., ICML 2020) for ``lightning.Trainer``.
+
+    Args:
+        in_channels: image bands.
+        arch: encoder, ``"tiny"`` or a torchvision ResNet name (:func:`plugins.backbones.small_resnet`).
+        temperature, projection_dim, lr, weight_decay, crop_scale, image_size: the
+            :class:`SimCLRConfig` fields of the same names (defaults there).
+        augment: module ``images -> (view1, view2)``; default ``TwoViewAugment(image_size or the
+            input side, scale=crop_scale)``, run on the batch's device.
+        gather_distributed: contrast against every rank's samples when the trainer runs more than
+            one process (SimCLR's global negatives). Off only to study its effect.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        arch: str = _DEFAULTS.arch,
+        temperature: float = _DEFAULTS.temperature,
+        projection_dim: int = _DEFAULTS.projection_dim,
+        lr: float = _DEFAULTS.lr,
+        weight_decay: float = _DEFAULTS.weight_decay,
+        crop_scale: tuple[float, float] = _DEFAULTS.crop_scale,
+        image_size: int | None = _DEFAULTS.image_size,
+        augment: nn.Module | None = None,
+        gather_distributed: bool = True,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["augment"])
+        self.augment = augment
+        self._default_augment: dict[int, nn.Module] = {}
+        self.configure_models()
+
+    @property
+    def config(self) -> SimCLRConfig:
+        h = self.hparams
+        return SimCLRConfig(
+            temperature=h.temperature,
+            projection_dim=h.projection_dim,
+            lr=h.lr,
+            weight_decay=h.weight_decay,
+            arch=h.arch,
+            crop_scale=tuple(h.crop_scale),
+            image_size=h.image_size,
+        )
+
+    def configure_models(self) -> None:
+        """Encoder (:func:`small_resnet`) + projector: :class:`SimCLR`."""
+        encoder, dim = small_resnet(self.hparams.in_channels, self.hparams.arch)
+        self.model = SimCLR(encoder, dim, self.config)
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _gather(self) -> bool:
+        """Gather negatives when asked and more than one process trains."""
+        if not self.hparams.gather_distributed:
+            return False
+        trainer = self._trainer
+        world = trainer.world_size if trainer is not None else D.world_size()
+        return world > 1
+
+    def _views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        augment = self.augment
+        if augment is None:
+            size = self.hparams.image_size or x.shape[-1]
+            augment = self._default_augment.get(size)
+            if augment is None:  # no parameters or buffers: nothing to move or checkpoint
+                augment = self._default_augment[size] = TwoViewAugment(
+                    size, scale=tuple(self.hparams.crop_scale)
+                )
+        return augment(x)
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Images as the encoder sees them outside the augmentation: float in [0, 1], resized."""
+        if not x.is_floating_point():
+            x = x.float() / 255
+        size = self.hparams.image_size
+        if size is not None and tuple(x.shape[-2:]) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        return x
+
+    # -- Lightning hooks --------------------------------------------------------------------------
+    def training_step(self, batch: Any, batch_idx: int = 0) -> dict[str, torch.Tensor]:
+        x = _images(batch)
+        x1, x2 = self._views(x)
+        loss = self.model(x1, x2, gather_distributed=self._gather())
+        if self._trainer is not None:
+            self.log("train_loss", loss, prog_bar=True, batch_size=x.shape[0])
+        return {"loss": loss}
+
+    def collapse_features(self, batch: Any, on: str = "representation") -> torch.Tensor:
+        """Hook for :class:`plugins.monitoring.CollapseMonitor`: the encoder output r
+        (``"representation"``) or the projector output z (``"embedding"``) of the batch's images."""
+        r = self.model.encoder(self._prepare(_images(batch)))
+        return r if on == "representation" else self.model.projector(r)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """Adam (lr, weight decay) with a per-step cosine schedule over the trainer's estimated
+        steps, as :func:`plugins.methods.simclr.train.train_simclr`."""
+        opt = torch.optim.Adam(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=_total_steps(self))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _total_steps(module: LightningModule) -> int:
+    """The trainer's estimated optimisation steps (1 outside a trainer or when unbounded)."""
+    trainer = module._trainer
+    if trainer is None:
+        return 1
+    total = trainer.estimated_stepping_batches
+    return max(1, int(total)) if total != float("inf") else 1
