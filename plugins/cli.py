@@ -10,6 +10,7 @@ import argparse
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,9 @@ def _execute(spec: MethodSpec, ctx: Any, command: str, fn: Any) -> dict[str, Any
                 }
             )
         run_dir.finish(status, error)
+
+
+_FRAMEWORKS = r"(torch|torchvision|torch_geometric|lightning|monai|ignite|torchgeo|timm)(\.|$)"
 
 
 class Terminated(KeyboardInterrupt):
@@ -419,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     from plugins.progress import set_enabled
 
     set_enabled(not getattr(args, "no_progress", False))
+    # the frameworks' own deprecation notices are theirs to fix, not the user's to read
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=_FRAMEWORKS)
     previous = None
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)

@@ -1,6 +1,7 @@
 """The command: listing, bad input as one sentence (exit 2, no traceback), a run directory per run."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -247,3 +248,21 @@ def test_a_completed_run_records_status_and_the_options_it_used(monkeypatch, tmp
     assert main(["run", "toy", "--out", str(tmp_path), "--seed", "3"]) == 0
     (folder,) = tmp_path.iterdir()
     assert json.loads((folder / "metrics.json").read_text()) == {"acc": 0.5, "status": "completed"}
+
+
+def test_a_fresh_process_prints_one_line_despite_framework_import_warnings(tmp_path):
+    """Importing PyG warns about ``torch.jit.script``; the command keeps stderr to its one line."""
+    empty = tmp_path / "shared"
+    empty.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "plugins", "run", "ariel", "--set", "dataset=cora",
+         "--out", str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "CONTRASTIVE_PLUGINS_DATA": str(empty)},
+    )  # fmt: skip
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not downloaded without consent" in lines[0], proc.stderr
+    assert not (tmp_path / "runs").exists()
