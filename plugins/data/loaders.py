@@ -135,7 +135,7 @@ def load_cifar10(
         )
     xs, ys = [], []
     for f in files:
-        d = _load_cifar_pickle(f)
+        d = load_cifar_pickle(f)
         try:
             xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             ys.append(np.asarray(d[b"labels"], dtype=np.int64).reshape(-1))
@@ -153,7 +153,7 @@ def load_cifar10(
     classes = [str(i) for i in range(10)]
     meta = root / "batches.meta"
     if meta.exists():
-        m = _load_cifar_pickle(meta)
+        m = load_cifar_pickle(meta)
         names = m.get(b"label_names")
         if names:
             classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
@@ -184,7 +184,9 @@ class _CifarUnpickler(pickle.Unpickler):
         raise _Refused(f"refusing to unpickle {module}.{name}")
 
 
-def _load_cifar_pickle(path: Path) -> dict:
+def load_cifar_pickle(path: Path) -> dict:
+    """One CIFAR-10 python pickle as a dict (bytes keys), unpickling only what such files hold;
+    a foreign, truncated or unreadable file is one sentence."""
     try:
         with open(path, "rb") as fh:
             d = _CifarUnpickler(fh, encoding="bytes").load()

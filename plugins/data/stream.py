@@ -35,11 +35,11 @@ from __future__ import annotations
 import csv
 import math
 import os
-import pickle
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_co
 from plugins.data.loaders import (
     IMAGE_SUFFIXES,
     ImageTensorDataset,
+    load_cifar_pickle,
     load_digits,
     shared_path,
     stratified_split,
@@ -56,6 +57,7 @@ from plugins.data.loaders import (
 from plugins.errors import UserInputError
 
 __all__ = [
+    "split_batch",
     "EpochSampler",
     "ImageRecords",
     "StreamImageDataModule",
@@ -196,52 +198,15 @@ def csv_records(path: str | Path, check_files: bool = True) -> ImageRecords:
     return ImageRecords(items, np.asarray([lookup[v] for v in raw]), classes, str(path))
 
 
-class _RefusedGlobal(pickle.UnpicklingError):
-    pass
-
-
-class _BatchUnpickler(pickle.Unpickler):
-    """Only what a CIFAR python batch holds (dicts, lists, bytes, numpy arrays): no code runs."""
-
-    _SAFE = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("_codecs", "encode"),
-    }
-
-    def find_class(self, module: str, name: str) -> object:
-        if (module, name) in self._SAFE:
-            return super().find_class(module, name)
-        raise _RefusedGlobal(f"it asks for {module}.{name}")
-
-
 def _read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
     """``(images (N, 3, 32, 32) uint8, labels (N,) int64)`` of one CIFAR python batch file."""
+    d = load_cifar_pickle(Path(path))
     try:
-        with open(path, "rb") as fh:
-            d = _BatchUnpickler(fh, encoding="bytes").load()
         x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         y = np.asarray(d[b"labels"], dtype=np.int64).reshape(-1)
-    except _RefusedGlobal as e:
+    except (KeyError, ValueError, TypeError) as e:
         raise UserInputError(
-            f"CIFAR-10 file {path} is not a CIFAR-10 python batch ({e})."
-        ) from None
-    except (
-        pickle.UnpicklingError,
-        EOFError,
-        OSError,
-        ValueError,
-        TypeError,
-        KeyError,
-        AttributeError,
-        IndexError,
-    ) as e:
-        raise UserInputError(
-            f"CIFAR-10 file {path} is truncated or not a CIFAR-10 python batch ({type(e).__name__}: {e})."
+            f"CIFAR-10 file {path} is not a CIFAR-10 python batch ({type(e).__name__}: {e})."
         ) from None
     if len(x) != len(y):
         raise UserInputError(f"CIFAR-10 file {path} holds {len(x)} images but {len(y)} labels.")
@@ -272,12 +237,9 @@ def cifar10_records(root: str | Path | None = None, train: bool = True) -> Image
     classes = [str(i) for i in range(10)]
     meta = root / "batches.meta"
     if meta.is_file():
-        try:
-            with open(meta, "rb") as fh:
-                names = _BatchUnpickler(fh, encoding="bytes").load().get(b"label_names")
+        names = load_cifar_pickle(meta).get(b"label_names")
+        if names:
             classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
-        except Exception:  # noqa: BLE001 - the names are cosmetic; digits are a fine fallback
-            pass
     return ImageRecords(items, np.concatenate(labels), classes, str(root))
 
 
@@ -721,3 +683,15 @@ class TensorImageDataModule(_ImageDataModule):
             self.train_dataset, self.val_dataset = ds.subset(tr), ds.subset(va)
         else:
             self.train_dataset, self.val_dataset = ds, None
+
+
+def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(images, labels or None)`` of a batch: a tensor, a mapping (``image`` / ``label`` or
+    ``labels``, else its first value) or a tuple / list (images first), as the Lightning tasks
+    accept from this module and from users' own loaders."""
+    if isinstance(batch, Mapping):
+        images = batch["image"] if "image" in batch else next(iter(batch.values()))
+        return images, batch.get("label", batch.get("labels"))
+    if isinstance(batch, list | tuple):
+        return batch[0], (batch[1] if len(batch) > 1 else None)
+    return batch, None

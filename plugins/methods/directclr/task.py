@@ -16,7 +16,6 @@ reads the features at no extra cost (or through :meth:`collapse_features` with a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -26,22 +25,13 @@ from torch import nn
 
 from plugins import distributed as D
 from plugins.backbones import small_resnet
+from plugins.data.stream import split_batch
 from plugins.methods.directclr.model import DirectCLR, DirectCLRConfig
 from plugins.methods.directclr.train import LARS, AsymmetricAugment, lr_at
 
 __all__ = ["DirectCLRTask"]
 
 _DEFAULTS = DirectCLRConfig()
-
-
-def _images_and_labels(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(images, labels or None)`` of a tensor, a mapping (``image`` / ``label``) or a tuple."""
-    if isinstance(batch, Mapping):
-        images = batch["image"] if "image" in batch else next(iter(batch.values()))
-        return images, batch.get("label", batch.get("labels"))
-    if isinstance(batch, list | tuple):
-        return batch[0], (batch[1] if len(batch) > 1 else None)
-    return batch, None
 
 
 class DirectCLRTask(LightningModule):
@@ -162,7 +152,7 @@ class DirectCLRTask(LightningModule):
 
     # -- Lightning hooks --------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int = 0) -> dict[str, torch.Tensor]:
-        x, labels = _images_and_labels(batch)
+        x, labels = split_batch(batch)
         if self.model.classifier is not None and labels is None:
             raise ValueError(
                 "DirectCLRTask(num_classes=...) trains an online classifier: batches must carry "
@@ -189,7 +179,7 @@ class DirectCLRTask(LightningModule):
 
     def collapse_features(self, batch: Any, on: str = "representation") -> torch.Tensor:
         """Hook for :class:`plugins.monitoring.CollapseMonitor`: r or z of the batch's images."""
-        images, _ = _images_and_labels(batch)
+        images, _ = split_batch(batch)
         return self.model.collapse_features(self._prepare(images), on=on)
 
     def configure_optimizers(self) -> dict[str, Any]:

@@ -15,7 +15,6 @@ samples (``gather_distributed``); use ``Trainer(sync_batchnorm=True)`` for SimCL
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -26,22 +25,13 @@ from torch import nn
 from plugins import distributed as D
 from plugins.backbones import small_resnet
 from plugins.data import TwoViewAugment
+from plugins.data.stream import split_batch
 from plugins.methods.simclr.config import SimCLRConfig
 from plugins.methods.simclr.model import SimCLR
 
 __all__ = ["SimCLRTask"]
 
 _DEFAULTS = SimCLRConfig()
-
-
-def _images(batch: Any) -> torch.Tensor:
-    """The images of a batch: the tensor itself, ``batch["image"]`` (else the first value of a
-    mapping) or the first item of a tuple / list."""
-    if isinstance(batch, Mapping):
-        return batch["image"] if "image" in batch else next(iter(batch.values()))
-    if isinstance(batch, list | tuple):
-        return batch[0]
-    return batch
 
 
 class SimCLRTask(LightningModule):
@@ -126,7 +116,7 @@ class SimCLRTask(LightningModule):
 
     # -- Lightning hooks --------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int = 0) -> dict[str, torch.Tensor]:
-        x = _images(batch)
+        x = split_batch(batch)[0]
         x1, x2 = self._views(x)
         loss = self.model(x1, x2, gather_distributed=self._gather())
         if self._trainer is not None:
@@ -136,7 +126,7 @@ class SimCLRTask(LightningModule):
     def collapse_features(self, batch: Any, on: str = "representation") -> torch.Tensor:
         """Hook for :class:`plugins.monitoring.CollapseMonitor`: the encoder output r
         (``"representation"``) or the projector output z (``"embedding"``) of the batch's images."""
-        r = self.model.encoder(self._prepare(_images(batch)))
+        r = self.model.encoder(self._prepare(split_batch(batch)[0]))
         return r if on == "representation" else self.model.projector(r)
 
     def configure_optimizers(self) -> dict[str, Any]:
