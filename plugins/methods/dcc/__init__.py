@@ -1,7 +1,7 @@
 """DCC: dataset condensation by gradient matching with contrastive signals (Lee, Chun et al.,
 ICML 2022), with DC (Zhao et al., ICLR 2021) as its baseline.
 
-Files: ``model.py`` (ConvNet), ``dsa.py`` (differentiable siamese augmentation), ``data.py``
+Files: ``config.py`` (hyperparameters), ``model.py`` (ConvNet), ``dsa.py`` (differentiable siamese augmentation), ``data.py``
 (synthetic sets), ``match.py`` (gradient matching), ``evaluate.py`` (training on the synthetic set),
 ``condensation.py`` (the bi-level loop), ``run.py`` (command functions), ``spec.py`` (registry).
 Names are imported lazily, so that the registry's ``spec`` does not import torch.
@@ -32,7 +32,7 @@ _EXPORTS = {
     "empirical_ntk": "plugins.methods.dcc.evaluate",
     "kernel_distance": "plugins.methods.dcc.evaluate",
     "kernel_velocity": "plugins.methods.dcc.evaluate",
-    "DCCConfig": "plugins.methods.dcc.condensation",
+    "DCCConfig": "plugins.methods.dcc.config",
     "condense": "plugins.methods.dcc.condensation",
     "save_grids": "plugins.methods.dcc.run",
     "PAPER_CIFAR10": "plugins.methods.dcc.run",

@@ -2,7 +2,7 @@
 Self-supervised Learning", ICLR 2022): InfoNCE on the first d0 representation dimensions, no
 projector; the toy collapse experiments.
 
-Files: ``model.py`` (config, loss, model), ``train.py`` (the loop and its augmentation), ``toy.py`` (the
+Files: ``config.py`` (hyperparameters), ``model.py`` (config, loss, model), ``train.py`` (the loop and its augmentation), ``toy.py`` (the
 paper's linear toy models), ``task.py`` (the Lightning task), ``run.py`` (command functions), ``spec.py`` (registry).
 Names are imported lazily, so that the registry's ``spec`` does not import torch.
 """
@@ -12,7 +12,7 @@ from plugins.lazy import lazy_exports
 _EXPORTS = {
     "DirectCLRTask": "plugins.methods.directclr.task",
     "MODES": "plugins.methods.directclr.model",
-    "DirectCLRConfig": "plugins.methods.directclr.model",
+    "DirectCLRConfig": "plugins.methods.directclr.config",
     "DirectCLR": "plugins.methods.directclr.model",
     "directclr_loss": "plugins.methods.directclr.model",
     "default_d0": "plugins.methods.directclr.model",

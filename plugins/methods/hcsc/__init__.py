@@ -1,7 +1,7 @@
 """HCSC: Hierarchical Contrastive Selective Coding (Guo, Xu, Zhang, Chen, Tang, Qiao, CVPR 2022), on
 top of MoCo v2, without faiss.
 
-Files: ``kmeans.py`` (torch k-means, hierarchy, concentration), ``loss.py`` (selective InfoNCE and
+Files: ``config.py`` (hyperparameters), ``kmeans.py`` (torch k-means, hierarchy, concentration), ``loss.py`` (selective InfoNCE and
 prototype losses), ``model.py`` (the model and its queue cache), ``train.py`` (the epoch loop),
 ``run.py`` (command functions, plots, reproduction), ``spec.py`` (registry).
 Names are imported lazily, so that the registry's ``spec`` does not import torch.
@@ -20,7 +20,7 @@ _EXPORTS = {
     "selective_info_nce": "plugins.methods.hcsc.loss",
     "selective_info_nce_levels": "plugins.methods.hcsc.loss",
     "prototype_nce": "plugins.methods.hcsc.loss",
-    "HCSCConfig": "plugins.methods.hcsc.model",
+    "HCSCConfig": "plugins.methods.hcsc.config",
     "HCSC": "plugins.methods.hcsc.model",
     "TrainHistory": "plugins.methods.hcsc.train",
     "train_hcsc": "plugins.methods.hcsc.train",
