@@ -20,28 +20,20 @@ from plugins.registry import MethodSpec, available_methods, get_method
 BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _positive_int(name: str) -> Any:
+def _int_at_least(low: int) -> Any:
+    """argparse type: a whole number of at least ``low``, else one line naming the flag."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        if value < low:
+            bound = "0 or more" if low == 0 else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
         return value
 
-    parse.__name__ = name
     return parse
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
 
 
 def _device(name: str | None) -> Any:
@@ -336,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sp.add_argument(
             "--epochs",
-            type=_positive_int("epochs"),
+            type=_int_at_least(1),
             help="training epochs or steps, at least 1 (default: the method's; see config.yaml)",
         )
         sp.add_argument(
@@ -346,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--out", default="runs", help="parent folder of run directories (default: runs)"
         )
         sp.add_argument(
-            "--seed", type=_non_negative_int, default=0, help="random seed, 0 or more (default 0)"
+            "--seed", type=_int_at_least(0), default=0, help="random seed, 0 or more (default 0)"
         )
         sp.add_argument(
             "--set",
@@ -358,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
         sp.add_argument(
             "--threads",
-            type=_positive_int("threads"),
+            type=_int_at_least(1),
             help="torch CPU threads, at least 1 (default: the method's; 1 is often faster on a busy machine)",
         )
         if resumable:

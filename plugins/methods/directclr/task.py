@@ -19,22 +19,20 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from torch import nn
 
-from plugins import distributed as D
 from plugins.backbones import small_resnet
 from plugins.data.stream import split_batch
 from plugins.methods.directclr.model import DirectCLR, DirectCLRConfig
 from plugins.methods.directclr.train import LARS, AsymmetricAugment, lr_at
+from plugins.tasks import ContrastiveImageTask
 
 __all__ = ["DirectCLRTask"]
 
 _DEFAULTS = DirectCLRConfig()
 
 
-class DirectCLRTask(LightningModule):
+class DirectCLRTask(ContrastiveImageTask):
     """DirectCLR (Jing et al., ICLR 2022) for ``lightning.Trainer``.
 
     Args:
@@ -52,6 +50,8 @@ class DirectCLRTask(LightningModule):
         gather_distributed: contrast against every rank's samples under DDP.
         The other arguments are the :class:`DirectCLRConfig` fields of the same names.
     """
+
+    config_class = DirectCLRConfig
 
     def __init__(
         self,
@@ -81,35 +81,11 @@ class DirectCLRTask(LightningModule):
         augment: nn.Module | None = None,
         gather_distributed: bool = True,
     ):
-        super().__init__()
+        super().__init__(augment)
         if optimizer not in ("lars", "adam"):
             raise ValueError(f"optimizer must be 'lars' or 'adam', got {optimizer!r}")
         self.save_hyperparameters(ignore=["augment"])
-        self.augment = augment
-        self._default_augment: dict[int, nn.Module] = {}
         self.configure_models()
-
-    @property
-    def config(self) -> DirectCLRConfig:
-        h = self.hparams
-        return DirectCLRConfig(
-            d0_fraction=h.d0_fraction,
-            temperature=h.temperature,
-            negatives=h.negatives,
-            projection_dim=h.projection_dim,
-            optimizer=h.optimizer,
-            base_lr=h.base_lr,
-            base_batch_size=h.base_batch_size,
-            adam_lr=h.adam_lr,
-            weight_decay=h.weight_decay,
-            lars_eta=h.lars_eta,
-            warmup_fraction=h.warmup_fraction,
-            batch_size=h.batch_size,
-            blur_p=tuple(h.blur_p),
-            solarize_p=tuple(h.solarize_p),
-            crop_scale=tuple(h.crop_scale),
-            online_classifier=h.online_classifier,
-        )
 
     def configure_models(self) -> None:
         """Backbone (:func:`small_resnet`) wrapped in :class:`DirectCLR`."""
@@ -125,30 +101,8 @@ class DirectCLRTask(LightningModule):
             zero_init=h.zero_init,
         )
 
-    # -- helpers ----------------------------------------------------------------------------------
-    def _gather(self) -> bool:
-        if not self.hparams.gather_distributed:
-            return False
-        trainer = self._trainer
-        world = trainer.world_size if trainer is not None else D.world_size()
-        return world > 1
-
-    def _views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        augment = self.augment
-        if augment is None:
-            size = self.hparams.image_size or x.shape[-1]
-            augment = self._default_augment.get(size)
-            if augment is None:  # no parameters or buffers: nothing to move or checkpoint
-                augment = self._default_augment[size] = AsymmetricAugment(size, self.config)
-        return augment(x)
-
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        if not x.is_floating_point():
-            x = x.float() / 255
-        size = self.hparams.image_size
-        if size is not None and tuple(x.shape[-2:]) != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        return x
+    def make_augment(self, size: int) -> nn.Module:
+        return AsymmetricAugment(size, self.config)
 
     # -- Lightning hooks --------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int = 0) -> dict[str, torch.Tensor]:
@@ -158,12 +112,12 @@ class DirectCLRTask(LightningModule):
                 "DirectCLRTask(num_classes=...) trains an online classifier: batches must carry "
                 "labels, e.g. (images, labels)"
             )
-        x1, x2 = self._views(x)
+        x1, x2 = self.views(x)
         out = self.model(
             x1,
             x2,
             labels if self.model.classifier is not None else None,
-            gather_distributed=self._gather(),
+            gather_distributed=self.gather(),
         )
         if self._trainer is not None:
             n = x.shape[0]
@@ -180,7 +134,7 @@ class DirectCLRTask(LightningModule):
     def collapse_features(self, batch: Any, on: str = "representation") -> torch.Tensor:
         """Hook for :class:`plugins.monitoring.CollapseMonitor`: r or z of the batch's images."""
         images, _ = split_batch(batch)
-        return self.model.collapse_features(self._prepare(images), on=on)
+        return self.model.collapse_features(self.prepare(images), on=on)
 
     def configure_optimizers(self) -> dict[str, Any]:
         """LARS (paper; lr ``base_lr * batch_size / base_batch_size``) or Adam (``adam_lr``), with
@@ -195,17 +149,8 @@ class DirectCLRTask(LightningModule):
         else:
             peak = h.adam_lr
             opt = torch.optim.Adam(self.parameters(), lr=peak, weight_decay=h.weight_decay)
-        total, warmup = _total_steps(self), h.warmup_fraction
+        total, warmup = self.total_steps(), h.warmup_fraction
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: lr_at(step, total, peak, warmup) / peak
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def _total_steps(module: LightningModule) -> int:
-    """The trainer's estimated optimisation steps (1 outside a trainer or when unbounded)."""
-    trainer = module._trainer
-    if trainer is None:
-        return 1
-    total = trainer.estimated_stepping_batches
-    return max(1, int(total)) if total != float("inf") else 1

@@ -18,23 +18,21 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from torch import nn
 
-from plugins import distributed as D
 from plugins.backbones import small_resnet
 from plugins.data import TwoViewAugment
 from plugins.data.stream import split_batch
 from plugins.methods.simclr.config import SimCLRConfig
 from plugins.methods.simclr.model import SimCLR
+from plugins.tasks import ContrastiveImageTask
 
 __all__ = ["SimCLRTask"]
 
 _DEFAULTS = SimCLRConfig()
 
 
-class SimCLRTask(LightningModule):
+class SimCLRTask(ContrastiveImageTask):
     """SimCLR (Chen et al., ICML 2020) for ``lightning.Trainer``.
 
     Args:
@@ -47,6 +45,8 @@ class SimCLRTask(LightningModule):
         gather_distributed: contrast against every rank's samples when the trainer runs more than
             one process (SimCLR's global negatives). Off only to study its effect.
     """
+
+    config_class = SimCLRConfig
 
     def __init__(
         self,
@@ -61,64 +61,23 @@ class SimCLRTask(LightningModule):
         augment: nn.Module | None = None,
         gather_distributed: bool = True,
     ):
-        super().__init__()
+        super().__init__(augment)
         self.save_hyperparameters(ignore=["augment"])
-        self.augment = augment
-        self._default_augment: dict[int, nn.Module] = {}
         self.configure_models()
-
-    @property
-    def config(self) -> SimCLRConfig:
-        h = self.hparams
-        return SimCLRConfig(
-            temperature=h.temperature,
-            projection_dim=h.projection_dim,
-            lr=h.lr,
-            weight_decay=h.weight_decay,
-            arch=h.arch,
-            crop_scale=tuple(h.crop_scale),
-            image_size=h.image_size,
-        )
 
     def configure_models(self) -> None:
         """Encoder (:func:`small_resnet`) + projector: :class:`SimCLR`."""
         encoder, dim = small_resnet(self.hparams.in_channels, self.hparams.arch)
         self.model = SimCLR(encoder, dim, self.config)
 
-    # -- helpers ----------------------------------------------------------------------------------
-    def _gather(self) -> bool:
-        """Gather negatives when asked and more than one process trains."""
-        if not self.hparams.gather_distributed:
-            return False
-        trainer = self._trainer
-        world = trainer.world_size if trainer is not None else D.world_size()
-        return world > 1
-
-    def _views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        augment = self.augment
-        if augment is None:
-            size = self.hparams.image_size or x.shape[-1]
-            augment = self._default_augment.get(size)
-            if augment is None:  # no parameters or buffers: nothing to move or checkpoint
-                augment = self._default_augment[size] = TwoViewAugment(
-                    size, scale=tuple(self.hparams.crop_scale)
-                )
-        return augment(x)
-
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """Images as the encoder sees them outside the augmentation: float in [0, 1], resized."""
-        if not x.is_floating_point():
-            x = x.float() / 255
-        size = self.hparams.image_size
-        if size is not None and tuple(x.shape[-2:]) != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        return x
+    def make_augment(self, size: int) -> nn.Module:
+        return TwoViewAugment(size, scale=tuple(self.hparams.crop_scale))
 
     # -- Lightning hooks --------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int = 0) -> dict[str, torch.Tensor]:
         x = split_batch(batch)[0]
-        x1, x2 = self._views(x)
-        loss = self.model(x1, x2, gather_distributed=self._gather())
+        x1, x2 = self.views(x)
+        loss = self.model(x1, x2, gather_distributed=self.gather())
         if self._trainer is not None:
             self.log("train_loss", loss, prog_bar=True, batch_size=x.shape[0])
         return {"loss": loss}
@@ -126,7 +85,7 @@ class SimCLRTask(LightningModule):
     def collapse_features(self, batch: Any, on: str = "representation") -> torch.Tensor:
         """Hook for :class:`plugins.monitoring.CollapseMonitor`: the encoder output r
         (``"representation"``) or the projector output z (``"embedding"``) of the batch's images."""
-        r = self.model.encoder(self._prepare(split_batch(batch)[0]))
+        r = self.model.encoder(self.prepare(split_batch(batch)[0]))
         return r if on == "representation" else self.model.projector(r)
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -135,14 +94,5 @@ class SimCLRTask(LightningModule):
         opt = torch.optim.Adam(
             self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=_total_steps(self))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.total_steps())
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def _total_steps(module: LightningModule) -> int:
-    """The trainer's estimated optimisation steps (1 outside a trainer or when unbounded)."""
-    trainer = module._trainer
-    if trainer is None:
-        return 1
-    total = trainer.estimated_stepping_batches
-    return max(1, int(total)) if total != float("inf") else 1
