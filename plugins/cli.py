@@ -67,7 +67,8 @@ def _context(spec: MethodSpec, args: argparse.Namespace, demo: bool, command: st
         raise UserInputError(f"data path {args.data} does not exist.")
     resume = getattr(args, "resume", None)
     if resume is not None and not Path(resume).is_file():
-        raise UserInputError(f"--resume file {resume} does not exist.")
+        what = "is a folder, not a checkpoint file" if Path(resume).is_dir() else "does not exist"
+        raise UserInputError(f"--resume file {resume} {what}.")
     every = parse_every(getattr(args, "checkpoint_every", None) or "2m")
     device = _device(args.device)
     ctx = RunContext(

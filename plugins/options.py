@@ -14,6 +14,7 @@ Config dataclasses already hold each hyperparameter default once (with its sourc
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -72,7 +73,10 @@ def _scalar(kind: str, value: Any) -> Any:
     if kind == "float":
         if isinstance(value, bool):
             raise ValueError("expected a number")
-        return float(str(value).strip()) if isinstance(value, str) else float(value)
+        number = float(str(value).strip()) if isinstance(value, str) else float(value)
+        if not math.isfinite(number):  # nan/inf parse as floats but no hyperparameter takes them
+            raise ValueError("expected a finite number")
+        return number
     return str(value).strip() if isinstance(value, str) else str(value)
 
 

@@ -126,6 +126,7 @@ def _bad_invocations(tmp_path, method: str) -> list[tuple[list[str], str]]:
         (["run", method, "--device", "tpu"], "device 'tpu'"),
         (["run", method, "--resume", str(tmp_path / "no.ckpt")], "does not exist"),
         (["run", method, "--resume", str(corrupt)], "truncated or corrupt"),
+        (["run", method, "--resume", str(tmp_path)], "is a folder, not a checkpoint file"),
         (
             ["run", method, "--resume", str(foreign)],
             f"written by method 'zzz-other', not '{method}'",

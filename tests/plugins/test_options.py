@@ -64,6 +64,8 @@ def test_values_parse_to_the_declared_type(key, text, expected):
     "key,text,message",
     [
         ("lr", "abc", "--set lr=abc: expected a number."),
+        ("lr", "inf", "--set lr=inf: expected a finite number."),
+        ("lr", "nan", "--set lr=nan: expected a finite number."),
         ("steps", "1.5", "--set steps=1.5: expected an integer."),
         ("steps", "0", "--set steps=0: expected at least 1."),
         ("steps", "5000", "--set steps=5000: expected at most 1000."),
