@@ -7,13 +7,23 @@ sentence on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
+from plugins.engine_settings import (
+    PRECISIONS,
+    STRATEGIES,
+    EngineSettings,
+    WorkerFinished,
+    is_worker,
+    unsupported_flags,
+)
 from plugins.errors import UserInputError
 from plugins.registry import MethodSpec, available_methods, get_method
 
@@ -71,21 +81,27 @@ def _context(spec: MethodSpec, args: argparse.Namespace, demo: bool, command: st
         raise UserInputError(f"--resume file {resume} {what}.")
     every = parse_every(getattr(args, "checkpoint_every", None) or "2m")
     device = _device(args.device)
+    engine = _engine(spec, args, device)
+    worker = is_worker()
     ctx = RunContext(
         method=spec.name,
-        run_dir=RunDir(args.out, spec.name),
+        # a copy launched for ddp trains beside rank 0 and writes nothing of its own
+        run_dir=RunDir(path=Path(tempfile.mkdtemp(prefix="rank-")))
+        if worker
+        else RunDir(args.out, spec.name),
         data=args.data,
         epochs=args.epochs,
         device=device,
         seed=args.seed,
         demo=demo,
         options=parse_pairs(args.set),
-        progress=not args.no_progress,
+        progress=not args.no_progress and not worker,
         threads=args.threads,
         option_set=spec.option_set(command),
         command=command,
         resume=resume,
         checkpoint_every=every,
+        engine=engine,
     )
     if resume is not None:  # a corrupt or foreign file is one sentence now, not after data loading
         from plugins.checkpoint import load_checkpoint
@@ -96,6 +112,26 @@ def _context(spec: MethodSpec, args: argparse.Namespace, demo: bool, command: st
 
         torch.set_num_threads(args.threads)
     return ctx
+
+
+def _engine(spec: MethodSpec, args: argparse.Namespace, device: Any) -> EngineSettings:
+    """The engine flags of ``run``/``reproduce``; one sentence for a flag the method does not take
+    or a combination this machine cannot run."""
+    settings = EngineSettings(
+        devices=getattr(args, "devices", None) or 1,
+        strategy=getattr(args, "strategy", None) or "auto",
+        precision=getattr(args, "precision", None) or "32-true",
+        accumulate=getattr(args, "accumulate", None) or 1,
+    )
+    refused = unsupported_flags(spec.engine, settings)
+    if refused:
+        takes = ", ".join(f"--{f}" for f in spec.engine) or "none of the engine flags"
+        raise UserInputError(
+            f"{spec.name} does not take {', '.join(f'--{f}' for f in refused)}: it trains with "
+            f"its own loop ({spec.framework}); it takes {takes}."
+        )
+    settings.check(device)
+    return settings
 
 
 def _execute(spec: MethodSpec, ctx: Any, command: str, fn: Any) -> dict[str, Any]:
@@ -132,6 +168,7 @@ def _execute(spec: MethodSpec, ctx: Any, command: str, fn: Any) -> dict[str, Any
                         "demo": ctx.demo,
                         "resume": ctx.resume,
                         "threads": ctx.threads,
+                        **dataclasses.asdict(ctx.engine),
                     },
                     "options_given": dict(ctx.options),
                     "options_used": dict(ctx.used),
@@ -323,7 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("list", help="registered methods").set_defaults(func=cmd_list)
 
-    def add_run_flags(sp: argparse.ArgumentParser, resumable: bool = True) -> None:
+    def add_run_flags(
+        sp: argparse.ArgumentParser, resumable: bool = True, engine: bool = True
+    ) -> None:
         sp.add_argument(
             "--data", help="data path or data-set name (default: the method's embedded real data)"
         )
@@ -354,6 +393,27 @@ def build_parser() -> argparse.ArgumentParser:
             type=_int_at_least(1),
             help="torch CPU threads, at least 1 (default: the method's; 1 is often faster on a busy machine)",
         )
+        if engine:
+            sp.add_argument(
+                "--devices",
+                type=_int_at_least(1),
+                help="processes (GPUs, or CPU processes with --strategy ddp), at least 1 (default 1)",
+            )
+            sp.add_argument(
+                "--strategy",
+                choices=STRATEGIES,
+                help="Lightning strategy: auto or ddp (default auto)",
+            )
+            sp.add_argument(
+                "--precision",
+                choices=PRECISIONS,
+                help="Lightning precision, e.g. bf16-mixed (default 32-true); losses stay float32",
+            )
+            sp.add_argument(
+                "--accumulate",
+                type=_int_at_least(1),
+                help="batches per optimisation step, at least 1 (default 1)",
+            )
         if resumable:
             sp.add_argument(
                 "--resume",
@@ -379,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
 
     sp = sub.add_parser("demo", help="every method briefly on its embedded data; one table")
-    add_run_flags(sp, resumable=False)
+    add_run_flags(sp, resumable=False, engine=False)
     sp.add_argument("--methods", help="comma-separated subset")
     sp.set_defaults(func=cmd_demo)
 
@@ -426,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
         pass
     try:
         return args.func(args)
+    except WorkerFinished:  # a copy launched for ddp: rank 0 reports
+        return 0
     except UserInputError as e:
         print(f"contrastive-plugins: error: {e}", file=sys.stderr)
         return 2

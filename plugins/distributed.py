@@ -93,3 +93,92 @@ def local_slice(n_local: int) -> slice:
     """Rows of the gathered tensor that belong to this rank."""
     start = rank() * n_local
     return slice(start, start + n_local)
+
+
+class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics are those of the global batch over all ranks: the
+    semantics of :class:`torch.nn.SyncBatchNorm` (SimCLR's "global BN", Chen et al. 2020, §B.9),
+    on any device and backend. ``SyncBatchNorm`` refuses CPU tensors, so CPU (gloo) DDP uses this.
+
+    Two all-reduces with gradient (:func:`gather`): the mean, then the biased variance; the running
+    variance gets the global unbiased one. Outside training or a process group it is the ordinary
+    BatchNorm of its input's dimensionality (1d, 2d or 3d).
+    """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_distributed()):
+            return super().forward(x)
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        local = torch.tensor([x.numel() // x.shape[1]], dtype=x.dtype, device=x.device)
+        count = gather_no_grad(local).sum()
+        mean = gather(x.sum(dims)[None]).sum(0) / count
+        xc = x - mean.view(shape)
+        var = gather((xc * xc).sum(dims)[None]).sum(0) / count
+        y = xc * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats:
+            with torch.no_grad():
+                m = self.momentum if self.momentum is not None else 0.1
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * count / (count - 1), alpha=m)
+                self.num_batches_tracked.add_(1)
+        return y
+
+
+_PLAIN_BN = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
+
+
+def convert_global_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """Replace every plain ``BatchNorm{1,2,3}d`` in ``module`` by :class:`GlobalBatchNorm` sharing its
+    parameters and buffers (as ``SyncBatchNorm.convert_sync_batchnorm`` does); returns ``module``."""
+    for name, child in module.named_children():
+        if type(child) in _PLAIN_BN:
+            bn = GlobalBatchNorm(
+                child.num_features,
+                child.eps,
+                child.momentum,
+                child.affine,
+                child.track_running_stats,
+            )
+            if child.affine:
+                bn.weight, bn.bias = child.weight, child.bias
+            if child.track_running_stats:
+                bn.running_mean, bn.running_var = child.running_mean, child.running_var
+                bn.num_batches_tracked = child.num_batches_tracked
+            bn.train(child.training)
+            bn.plain_type = type(child)
+            setattr(module, name, bn)
+        else:
+            convert_global_batchnorm(child)
+    return module
+
+
+def revert_global_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """Undo :func:`convert_global_batchnorm`: each :class:`GlobalBatchNorm` back to the plain
+    BatchNorm it replaced (``BatchNorm2d`` for one built directly)."""
+    for name, child in module.named_children():
+        if type(child) is GlobalBatchNorm:
+            plain = getattr(child, "plain_type", torch.nn.BatchNorm2d)
+            bn = plain(
+                child.num_features,
+                child.eps,
+                child.momentum,
+                child.affine,
+                child.track_running_stats,
+            )
+            if child.affine:
+                bn.weight, bn.bias = child.weight, child.bias
+            if child.track_running_stats:
+                bn.running_mean, bn.running_var = child.running_mean, child.running_var
+                bn.num_batches_tracked = child.num_batches_tracked
+            bn.train(child.training)
+            setattr(module, name, bn)
+        else:
+            revert_global_batchnorm(child)
+    return module

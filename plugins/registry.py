@@ -37,6 +37,8 @@ class MethodSpec:
         options: ``"module:NAME"`` of a mapping ``{"run": OptionSet, "reproduce": OptionSet}``:
             the ``--set`` keys each command reads (imported only when a method runs or its help
             is shown). ``None``: the method takes no ``--set`` options.
+        engine: the engine flags (``devices``, ``strategy``, ``precision``, ``accumulate``) the
+            method honours; the command refuses the others with one sentence.
     """
 
     name: str
@@ -48,6 +50,7 @@ class MethodSpec:
     reproduce: str | None = None
     demo_metric: str | None = None
     options: str | None = None
+    engine: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def option_set(self, command: str = "run") -> Any:

@@ -383,6 +383,8 @@ class RunContext:
         checkpoint_every: ``(steps, seconds)`` between periodic checkpoints (``--checkpoint-every``).
         used: every option the method read and the value it used (recorded in ``config.yaml``).
         command: ``run`` or ``reproduce`` (named in option errors).
+        engine: the engine flags (:class:`plugins.engine_settings.EngineSettings`; ``None``: the
+            defaults), used by :func:`plugins.engine.fit`.
     """
 
     method: str
@@ -400,8 +402,13 @@ class RunContext:
     checkpoint_every: tuple[int | None, float | None] = (None, 120.0)
     used: dict[str, Any] = field(default_factory=dict)
     command: str = "run"
+    engine: Any = None
 
     def __post_init__(self) -> None:
+        if self.engine is None:
+            from plugins.engine_settings import EngineSettings
+
+            self.engine = EngineSettings()
         if self.option_set is not None:
             self.options = self.option_set.parse(self.options, self.command, self.method)
 

@@ -36,7 +36,7 @@ import csv
 import math
 import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -376,10 +376,19 @@ class EpochSampler(DistributedSampler):
     rank draws the same order and takes every ``num_replicas``-th index from ``rank`` (padded by
     wrapping around so every rank gets as many, like ``DistributedSampler``). It subclasses
     ``DistributedSampler`` so that Lightning calls :meth:`set_epoch` and does not replace it.
+
+    ``skip`` (called when an epoch's iteration starts) gives how many of this rank's samples to
+    leave out at the start: a run resumed in the middle of an epoch continues where it stopped.
     """
 
     def __init__(
-        self, length: int, seed: int = 0, shuffle: bool = True, num_replicas: int = 1, rank: int = 0
+        self,
+        length: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        num_replicas: int = 1,
+        rank: int = 0,
+        skip: Callable[[], int] | None = None,
     ) -> None:
         if not 0 <= rank < num_replicas:
             raise UserInputError(f"rank {rank} is outside 0..{num_replicas - 1}.")
@@ -393,6 +402,7 @@ class EpochSampler(DistributedSampler):
         self.drop_last = False
         self.num_samples = math.ceil(self.length / self.num_replicas) if self.length else 0
         self.total_size = self.num_samples * self.num_replicas
+        self.skip = skip
 
     def order(self, epoch: int | None = None) -> np.ndarray:
         """The whole epoch's order (all ranks), before the split."""
@@ -405,7 +415,10 @@ class EpochSampler(DistributedSampler):
         idx = self.order()
         if self.total_size > len(idx) and len(idx):
             idx = np.resize(idx, self.total_size)  # repeats from the start
-        return iter(idx[self.rank : self.total_size : self.num_replicas].tolist())
+        mine = idx[self.rank : self.total_size : self.num_replicas]
+        if self.skip is not None:  # a resumed epoch: the samples this rank has already seen
+            mine = mine[self.skip() :]
+        return iter(mine.tolist())
 
     def __len__(self) -> int:
         return self.num_samples
@@ -483,6 +496,8 @@ class _ImageDataModule(pl.LightningDataModule):
         self.train_dataset = None
         self.val_dataset = None
         self.classes: list[str] = []
+        #: set by :func:`plugins.engine.fit`: batches of the current epoch already trained on
+        self.skip_batches: Callable[[], int] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -490,7 +505,12 @@ class _ImageDataModule(pl.LightningDataModule):
 
     def _loader(self, ds: Dataset, train: bool) -> DataLoader:
         world, rank = _world()
-        sampler = EpochSampler(len(ds), self.seed, self.shuffle and train, world, rank)
+        skip = (
+            (lambda: self.skip_batches() * self.batch_size if self.skip_batches else 0)
+            if train
+            else None
+        )
+        sampler = EpochSampler(len(ds), self.seed, self.shuffle and train, world, rank, skip)
         cls = _CheckedLoader if isinstance(ds, StreamImageDataset) else DataLoader
         return cls(
             ds,

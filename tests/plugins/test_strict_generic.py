@@ -60,7 +60,8 @@ def _kill_and_resume(method: str, data: Path, tmp_path: Path, kill_step: int, *e
     assert cut.returncode == 130
     assert json.loads((ckpt.parent / "metrics.json").read_text())["status"] == "interrupted"
     state = load_checkpoint(ckpt, method)
-    assert kill_step <= state["step"] < STEPS_PER_EPOCH * EPOCHS  # in the middle of training
+    step = state["global_step"] if "global_step" in state else state["step"]  # Lightning's, ours
+    assert kill_step <= step < STEPS_PER_EPOCH * EPOCHS  # in the middle of training
     cmd = _command(method, data, tmp_path / "b", *extra, "--resume", str(ckpt))
     done = subprocess.run(
         [sys.executable, "-m", "plugins", *cmd], cwd=tmp_path, env=_env(), capture_output=True,
@@ -81,13 +82,20 @@ def _assert_same(resumed: dict[str, torch.Tensor], reference: dict[str, torch.Te
 
 
 def test_simclr_sigint_then_resume_reaches_the_uninterrupted_parameters(tmp_path, tiny_digits):
-    from plugins.methods.simclr import SimCLRConfig, train_simclr
+    """SimCLR trains through the engine (Lightning): its last.ckpt is Lightning's, and the resumed
+    run equals an uninterrupted run of the same engine, one step per batch."""
+    from plugins.methods.simclr import SimCLRConfig
+    from plugins.methods.simclr.run import fit_simclr
+    from plugins.reporting import RunContext, RunDir
 
     final, run = _kill_and_resume("simclr", tiny_digits, tmp_path, kill_step=3)
+    assert "state_dict" in load_checkpoint(next((tmp_path / "a").glob("*/last.ckpt")), "simclr")
     cfg = SimCLRConfig(**final["config"])
     train_set = load_train_test(str(tiny_digits))[0]
+    ctx = RunContext("simclr", RunDir(path=tmp_path / "ref"), device=torch.device("cpu"),
+                     progress=False, checkpoint_every=(None, None))  # fmt: skip
     with cpu_threads(1):
-        model, losses = train_simclr(train_set, cfg, "cpu", seed=0, progress=False)
+        model, losses = fit_simclr(ctx, train_set, cfg)
     assert len(losses) == STEPS_PER_EPOCH * EPOCHS
     _assert_same(final["encoder"], model.encoder.state_dict())
     _assert_same(final["projector"], model.projector.state_dict())

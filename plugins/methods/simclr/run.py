@@ -13,14 +13,11 @@ from dataclasses import asdict
 import torch
 
 from plugins.backbones import small_resnet
-from plugins.checkpoint import Checkpointer
-from plugins.data import (
-    check_finite,
-    load_train_test,
-)
+from plugins.data import ImageTensorDataset, check_finite, load_train_test
+from plugins.engine_settings import per_rank_batch
 from plugins.evaluation import embed, evaluate_representation
 from plugins.methods.simclr.config import SimCLRConfig
-from plugins.methods.simclr.train import train_simclr
+from plugins.methods.simclr.model import SimCLR
 from plugins.metrics import spectrum
 from plugins.options import OptionSet, config_from_options, declared, options_from_dataclass
 from plugins.reporting import RunContext
@@ -31,14 +28,45 @@ __all__ = ["run", "reproduce", "OPTIONS"]
 def run(ctx: RunContext) -> dict[str, float]:
     """``contrastive-plugins run simclr``: train, evaluate against random init, write plots and metrics."""
     ctx = declared(ctx, OPTIONS["run"])
-    return _run(ctx, ctx.checkpointer())
+    return _run(ctx)
 
 
-def _run(ctx: RunContext, checkpointer: Checkpointer | None) -> dict[str, float]:
+def fit_simclr(
+    ctx: RunContext, dataset: ImageTensorDataset, cfg: SimCLRConfig
+) -> tuple[SimCLR, list[float]]:
+    """Train :class:`SimCLRTask` on ``dataset`` with the command's engine (``--devices``,
+    ``--strategy``, ``--precision``, ``--accumulate``, ``--resume``; :func:`plugins.engine.fit`).
+    The global batch is ``cfg.batch_size`` (split over the processes); returns the model on
+    ``ctx.device`` and the per-step losses."""
+    from plugins.data.stream import TensorImageDataModule
+    from plugins.engine import fit
+    from plugins.methods.simclr.task import SimCLRTask
+
+    torch.manual_seed(ctx.seed)
+    task = SimCLRTask(
+        in_channels=dataset.images.shape[1],
+        arch=cfg.arch,
+        temperature=cfg.temperature,
+        projection_dim=cfg.projection_dim,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        crop_scale=tuple(cfg.crop_scale),
+        image_size=cfg.image_size,
+    )
+    batch = per_rank_batch(min(cfg.batch_size, len(dataset)), ctx.engine.devices)
+    data = TensorImageDataModule(
+        dataset, val_fraction=0, batch_size=batch, seed=ctx.seed, drop_last=True
+    )
+    losses = fit(ctx, task, data, max_epochs=cfg.epochs, seed=ctx.seed)
+    return task.model.to(ctx.device), losses
+
+
+def _run(ctx: RunContext) -> dict[str, float]:
     size = ctx.option("image_size", 16 if ctx.data in (None, "digits") else None)
     cfg = config_from_options(ctx, SimCLRConfig, image_size=size)
     train_set, test_set, data_name = load_train_test(ctx.data, size=size)
     check_finite(train_set.images, f"images of {data_name}")
+    per_rank_batch(min(cfg.batch_size, len(train_set)), ctx.engine.devices)  # before any work
     cfg.epochs = ctx.epochs or (8 if ctx.demo else cfg.epochs)
     ctx.run_dir.save_config(
         {
@@ -56,9 +84,7 @@ def _run(ctx: RunContext, checkpointer: Checkpointer | None) -> dict[str, float]
         random_encoder.to(ctx.device), train_set, test_set, progress=ctx.progress
     )
 
-    model, losses = train_simclr(
-        train_set, cfg, ctx.device, ctx.seed, ctx.progress, checkpointer=checkpointer
-    )
+    model, losses = fit_simclr(ctx, train_set, cfg)
     scores = evaluate_representation(model.encoder, train_set, test_set, progress=ctx.progress)
     ctx.run_dir.save_checkpoint(
         {
@@ -94,7 +120,6 @@ def reproduce(ctx: RunContext) -> dict[str, float]:
     ctx = declared(ctx, OPTIONS["reproduce"])
     rows, out = [], {}
     datasets = ["digits"] + (["cifar10"] if shared_path("cifar10", required=False) else [])
-    ckpt = ctx.checkpointer(stages=tuple(datasets))  # one last.ckpt, in the reproduction's folder
     for name in datasets:
         sub = RunContext(
             "simclr",
@@ -107,8 +132,10 @@ def reproduce(ctx: RunContext) -> dict[str, float]:
             progress=ctx.progress,
             threads=ctx.threads,
             option_set=ctx.option_set,
+            engine=ctx.engine,
+            checkpoint_every=ctx.checkpoint_every,
         )
-        m = _run(sub, ckpt.independent_stage(name))
+        m = _run(sub)
         ctx.used.update(sub.used)
         rows.append(
             {

@@ -1,0 +1,314 @@
+"""The training engine of the command: a ``lightning.Trainer`` built from the command's flags
+(``--devices``, ``--strategy``, ``--precision``, ``--accumulate``, ``--device``), with the run folder's
+checkpoints, resume and interrupt handling.
+
+What a method's ``run`` gets from :func:`fit`:
+
+- ``<run>/last.ckpt`` (a Lightning checkpoint, written atomically) every ``--checkpoint-every``, and
+  ``--resume`` continuing from one to the same final parameters as an uninterrupted run: the
+  shuffling of epoch ``e`` depends only on ``(seed, e)`` (:class:`plugins.data.stream.EpochSampler`),
+  a resumed epoch skips the batches already done, and the global RNG (the views) is reseeded before
+  every step from ``(seed, step, rank)``;
+- Ctrl-C / SIGTERM raised again as ``KeyboardInterrupt`` (Lightning turns it into ``sys.exit``);
+- BatchNorm over the global batch under DDP (:class:`GlobalBatchNormSync`, which also works on CPU,
+  where ``torch.nn.SyncBatchNorm`` refuses to run);
+- ``--strategy ddp --devices N`` launches ``N - 1`` more copies of the command (Lightning's script
+  launcher); they train and exit, only rank 0 writes the run folder (:func:`is_worker`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import signal
+import warnings
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.plugins.layer_sync import LayerSync
+
+from plugins.distributed import convert_global_batchnorm, revert_global_batchnorm
+from plugins.engine_settings import (
+    PRECISIONS,
+    RUN_DIR_ENV,
+    STRATEGIES,
+    EngineSettings,
+    WorkerFinished,
+    is_worker,
+    per_rank_batch,
+)
+from plugins.reporting import RunContext, active_run_dir, atomic_write_bytes
+
+__all__ = [
+    "EngineSettings",
+    "PRECISIONS",
+    "STRATEGIES",
+    "GlobalBatchNormSync",
+    "LossRecorder",
+    "RunHooks",
+    "WorkerFinished",
+    "fit",
+    "is_worker",
+    "per_rank_batch",
+    "RUN_DIR_ENV",
+]
+
+
+class GlobalBatchNormSync(LayerSync):
+    """``Trainer(plugins=[GlobalBatchNormSync()])``: BatchNorm over the global batch under DDP
+    (:class:`plugins.distributed.GlobalBatchNorm`), on CPU as on GPU."""
+
+    def apply(self, model: torch.nn.Module) -> torch.nn.Module:
+        return convert_global_batchnorm(model)
+
+    def revert(self, model: torch.nn.Module) -> torch.nn.Module:
+        return revert_global_batchnorm(model)
+
+
+class LossRecorder(Callback):
+    """Per-step training losses of this rank; kept in Lightning checkpoints, so a resumed run plots
+    them all."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None:
+            self.losses.append(float(loss))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"losses": list(self.losses)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.losses = [float(v) for v in state_dict.get("losses", [])]
+
+
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """The global RNG seed of optimisation step ``step`` on ``rank``: a function of the three only."""
+    return int(np.random.SeedSequence([int(seed), int(step), int(rank)]).generate_state(1)[0])
+
+
+class RunHooks(Callback):
+    """The command's side of a Lightning fit: marks the run folder started when training starts,
+    tags checkpoints with the method (``--resume`` refuses other methods' files), reseeds the global
+    RNG before each batch from ``(seed, global step, rank)`` when ``seed`` is given (the views of a
+    resumed run equal an uninterrupted run's), and keeps the exception Lightning swallows on
+    Ctrl-C."""
+
+    def __init__(self, method: str, seed: int | None = None) -> None:
+        self.method = method
+        self.seed = seed
+        self.exception: BaseException | None = None
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        run_dir = active_run_dir()
+        if run_dir is not None and trainer.is_global_zero:
+            run_dir.mark_started()
+
+    def on_train_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.seed is not None:
+            step = trainer.fit_loop.epoch_loop.batch_progress.total.ready
+            torch.manual_seed(step_seed(self.seed, step, trainer.global_rank))
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        checkpoint["method"] = self.method
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self.exception = exception
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints written to a temporary name and renamed: never a half-written file."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        atomic_write_bytes(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+
+
+def periodic_checkpoint(ctx: RunContext) -> ModelCheckpoint | None:
+    """``<run>/last.ckpt`` every N steps or T seconds (``--checkpoint-every``); ``None`` when off."""
+    steps, seconds = ctx.checkpoint_every
+    if not steps and not seconds:
+        return None
+    return ModelCheckpoint(
+        dirpath=str(ctx.run_dir.path),
+        filename="last",
+        save_last=True,
+        save_top_k=0,
+        every_n_train_steps=steps or None,
+        train_time_interval=timedelta(seconds=seconds) if not steps and seconds else None,
+        enable_version_counter=False,
+    )
+
+
+def batches_done_in_epoch(trainer: Trainer) -> int:
+    """Batches of the current epoch a restored trainer has already trained on (0 at an epoch's
+    start): its optimiser steps into the epoch times ``accumulate_grad_batches``."""
+    per_epoch = trainer.num_training_batches
+    if not per_epoch or per_epoch == float("inf"):
+        return 0
+    k = trainer.accumulate_grad_batches
+    steps_per_epoch = math.ceil(per_epoch / k)
+    return (trainer.global_step % steps_per_epoch) * k
+
+
+def _accelerator(device: torch.device) -> str:
+    return "gpu" if device.type == "cuda" else "cpu"
+
+
+def _devices(device: torch.device, settings: EngineSettings) -> Any:
+    if device.type == "cuda" and device.index is not None and settings.devices == 1:
+        return [device.index]
+    return settings.devices
+
+
+def fit(
+    ctx: RunContext,
+    task: LightningModule,
+    datamodule: LightningDataModule,
+    *,
+    max_epochs: int | None = None,
+    max_steps: int = -1,
+    seed: int | None = None,
+    callbacks: list[Callback] | None = None,
+    validate: bool = False,
+    settings: EngineSettings | None = None,
+) -> list[float]:
+    """Train ``task`` on ``datamodule`` with the command's engine flags; returns this rank's
+    per-step losses.
+
+    ``seed`` makes the run resumable to the same parameters (see the module docstring); the
+    datamodule's train sampler must then be an :class:`~plugins.data.stream.EpochSampler` (the
+    streamed and in-memory datamodules of :mod:`plugins.data.stream` use it). In a copy launched for
+    ``ddp`` (rank > 0) this raises :class:`WorkerFinished` after training.
+    """
+
+    settings = settings or getattr(ctx, "engine", None) or EngineSettings()
+    settings.check(torch.device(ctx.device))
+    recorder = LossRecorder()
+    hooks = RunHooks(ctx.method, seed)
+    all_callbacks: list[Callback] = [recorder, hooks, *(callbacks or [])]
+    periodic = periodic_checkpoint(ctx)
+    if periodic is not None:
+        all_callbacks.append(periodic)
+    run_path = ctx.run_dir.ensure()
+    if settings.distributed and not is_worker():
+        os.environ[RUN_DIR_ENV] = str(run_path)  # the launched copies inherit it
+    with _quiet_lightning():
+        trainer = _trainer(
+            ctx, settings, all_callbacks, periodic, run_path, max_epochs, max_steps, validate
+        )
+    if seed is not None and hasattr(datamodule, "skip_batches"):
+        datamodule.skip_batches = lambda: batches_done_in_epoch(trainer)
+    try:
+        sigint = signal.getsignal(signal.SIGINT)
+    except ValueError:
+        sigint = None
+    try:
+        with _quiet_lightning():
+            trainer.fit(task, datamodule=datamodule, ckpt_path=ctx.resume, weights_only=True)
+    except SystemExit:
+        if not trainer.interrupted:
+            raise
+        if sigint is not None:  # Lightning ignores further Ctrl-C after the first
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(signal.SIGINT, sigint)
+        if isinstance(hooks.exception, KeyboardInterrupt):  # SIGTERM's subclass included
+            raise hooks.exception from None
+        raise KeyboardInterrupt from None
+    finally:
+        if hasattr(datamodule, "skip_batches"):
+            datamodule.skip_batches = None
+    if trainer.global_rank != 0:
+        raise WorkerFinished
+    if settings.distributed:
+        revert_global_batchnorm(task)
+    return recorder.losses
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Lightning's informational lines (available accelerators, tips, "fit stopped") and the
+    notices that do not apply to the command's own loaders stay out of the user's terminal;
+    its warnings that matter still show."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            for message in _NOTICES:
+                warnings.filterwarnings("ignore", message=message)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+_NOTICES = (
+    ".*You passed in a `val_dataloader` but have no `validation_step`.*",
+    ".*does not have many workers which may be a bottleneck.*",
+    ".*The number of training batches .* is smaller than the logging interval.*",
+    ".*callbacks used to create the checkpoint need to be provided.*",
+    ".*your dataloader is not resumable.*",  # fit() makes the sampler skip the done batches
+)
+
+
+def _trainer(
+    ctx: RunContext,
+    settings: EngineSettings,
+    callbacks: list[Callback],
+    periodic: ModelCheckpoint | None,
+    run_path: Path,
+    max_epochs: int | None,
+    max_steps: int,
+    validate: bool,
+) -> Trainer:
+    from plugins.progress import enabled
+
+    return Trainer(
+        max_epochs=max_epochs,
+        max_steps=max_steps,
+        accelerator=_accelerator(torch.device(ctx.device)),
+        devices=_devices(torch.device(ctx.device), settings),
+        strategy=settings.strategy,
+        precision=settings.precision,
+        accumulate_grad_batches=settings.accumulate,
+        logger=False,
+        enable_checkpointing=periodic is not None,
+        enable_model_summary=False,
+        enable_progress_bar=ctx.progress and enabled() and not is_worker(),
+        limit_val_batches=None if validate else 0,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO(), *([GlobalBatchNormSync()] if settings.distributed else [])],
+        default_root_dir=str(run_path),
+    )
+
+
+def autocast(ctx: RunContext) -> Any:
+    """Autocast context for the methods with their own loops (DCC, ARIEL): ``--precision
+    bf16-mixed`` runs their forward passes in bfloat16 (losses stay float32, see
+    :func:`plugins.losses.full_precision`); 32-true is a no-op."""
+    settings = getattr(ctx, "engine", None) or EngineSettings()
+    device = torch.device(ctx.device)
+    if settings.precision == "bf16-mixed":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if settings.precision == "16-mixed":
+        return torch.autocast(device.type, dtype=torch.float16)
+    return contextlib.nullcontext()
