@@ -8,11 +8,20 @@ from __future__ import annotations
 
 from plugins.lazy import lazy_exports
 
-__all__ = ["CLAWS", "CLAWSConfig", "excess_green_mask", "within_class_nt_xent"]
+__all__ = [
+    "CLAWS",
+    "CLAWSConfig",
+    "CLAWSDataModule",
+    "CLAWSTask",
+    "excess_green_mask",
+    "within_class_nt_xent",
+]
 
 _WHERE = {
     "CLAWS": "agri_ext.model",
     "CLAWSConfig": "agri_ext.config",
+    "CLAWSDataModule": "agri_ext.datamodule",
+    "CLAWSTask": "agri_ext.task",
     "excess_green_mask": "agri_ext.mask",
     "within_class_nt_xent": "agri_ext.loss",
 }

@@ -92,6 +92,21 @@ def epoch_time(loader, epoch: int) -> tuple[float, int]:
     return time.perf_counter() - t, n
 
 
+def loader_times(
+    root: Path, images: int, size: int, batch: int, workers: int, repeats: int
+) -> dict[str, list[float]]:
+    """Epoch times (s) of each loader over ``repeats`` epochs, taking turns epoch by epoch, so that
+    a change in the machine's load hits both alike; ``images / median`` is the throughput."""
+    ls = loaders(root, size, batch, workers)
+    times: dict[str, list[float]] = {k: [] for k in ls}
+    for epoch in range(repeats):
+        for name, loader in ls.items():
+            dt, n = epoch_time(loader, epoch)
+            assert n == images, (name, n)  # a correctness check, not a timing one
+            times[name].append(dt)
+    return times
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=2000)
@@ -115,13 +130,7 @@ def main() -> None:
             f"({time.perf_counter() - t:.1f} s to write); resize to {args.size}, batch {args.batch}, "
             f"{args.workers} workers, {args.repeats} epochs each (median), round-robin"
         )
-        ls = loaders(root, args.size, args.batch, args.workers)
-        times: dict[str, list[float]] = {k: [] for k in ls}
-        for epoch in range(args.repeats):
-            for name, loader in ls.items():
-                dt, n = epoch_time(loader, epoch)
-                assert n == args.images, (name, n)  # a correctness check, not a timing one
-                times[name].append(dt)
+        times = loader_times(root, args.images, args.size, args.batch, args.workers, args.repeats)
         rate = {k: args.images / statistics.median(v) for k, v in times.items()}
         print("\n| loader | images/s | epoch times (s) |\n|---|---:|---|")
         for k, v in times.items():

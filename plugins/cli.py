@@ -280,6 +280,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_fit(args: argparse.Namespace) -> int:
+    from plugins.engine import lightning_cli
+
+    return lightning_cli(args.args)
+
+
 def _predict_methods() -> dict[str, MethodSpec]:
     return {n: s for n, s in available_methods().items() if s.extra.get("predict")}
 
@@ -443,6 +449,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--methods", help="comma-separated subset")
     sp.set_defaults(func=cmd_demo)
 
+    sp = sub.add_parser(
+        "fit",
+        help="train a Lightning task from a YAML config (LightningCLI), e.g. fit --config "
+        "plugins/methods/simclr/configs/simclr_digits.yaml",
+        description="Lightning's CLI over any task and datamodule named by class_path, as "
+        "'torchgeo fit'. Shipped configs: plugins/methods/<name>/configs/*.yaml, "
+        "agri_ext/configs/*.yaml. Everything after 'fit' goes to LightningCLI "
+        "(--config, --trainer.*, --model.*, --data.*, --print_config).",
+        add_help=False,
+    )
+    sp.add_argument("args", nargs=argparse.REMAINDER, help="LightningCLI arguments")
+    sp.set_defaults(func=cmd_fit)
+
     predict = ", ".join(_predict_methods()) or "(none installed)"
     sp = sub.add_parser(
         "predict",
@@ -469,10 +488,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     import signal
 
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:  # --help, or a bad flag already reported in one line
-        return int(e.code or 0)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["fit"] and argv[1:] not in ([], ["-h"], ["--help"]):
+        # everything after 'fit' belongs to LightningCLI, options included
+        args = argparse.Namespace(func=cmd_fit, args=argv[1:], no_progress=False)
+    else:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as e:  # --help, or a bad flag already reported in one line
+            return int(e.code or 0)
     from plugins.progress import set_enabled
 
     set_enabled(not getattr(args, "no_progress", False))

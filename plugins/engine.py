@@ -46,6 +46,7 @@ from plugins.engine_settings import (
     is_worker,
     per_rank_batch,
 )
+from plugins.errors import UserInputError
 from plugins.reporting import RunContext, active_run_dir, atomic_write_bytes
 
 __all__ = [
@@ -75,24 +76,33 @@ class GlobalBatchNormSync(LayerSync):
 
 
 class LossRecorder(Callback):
-    """Per-step training losses of this rank; kept in Lightning checkpoints, so a resumed run plots
-    them all."""
+    """Per-step training losses of this rank (``training_step``'s ``loss_key``, default ``loss``)
+    and any ``extra`` scalar outputs; kept in Lightning checkpoints, so a resumed run plots them
+    all."""
 
-    def __init__(self) -> None:
+    def __init__(self, loss_key: str = "loss", extra: tuple[str, ...] = ()) -> None:
+        self.loss_key = loss_key
         self.losses: list[float] = []
+        self.extra: dict[str, list[float]] = {k: [] for k in extra}
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        loss = outputs.get(self.loss_key) if isinstance(outputs, dict) else outputs
         if loss is not None:
             self.losses.append(float(loss))
+        if isinstance(outputs, dict):
+            for k, values in self.extra.items():
+                if k in outputs:
+                    values.append(float(outputs[k]))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"losses": list(self.losses)}
+        return {"losses": list(self.losses), "extra": {k: list(v) for k, v in self.extra.items()}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.losses = [float(v) for v in state_dict.get("losses", [])]
+        for k, v in state_dict.get("extra", {}).items():
+            self.extra[k] = [float(x) for x in v]
 
 
 def step_seed(seed: int, step: int, rank: int = 0) -> int:
@@ -180,30 +190,44 @@ def _devices(device: torch.device, settings: EngineSettings) -> Any:
 def fit(
     ctx: RunContext,
     task: LightningModule,
-    datamodule: LightningDataModule,
+    datamodule: LightningDataModule | None = None,
     *,
+    train_dataloaders: Any = None,
+    val_dataloaders: Any = None,
     max_epochs: int | None = None,
     max_steps: int = -1,
     seed: int | None = None,
     callbacks: list[Callback] | None = None,
-    validate: bool = False,
+    val_batches: int | float | None = 0,
+    resumable: bool = True,
     settings: EngineSettings | None = None,
+    run_dir: Any = None,
+    recorder: LossRecorder | None = None,
 ) -> list[float]:
-    """Train ``task`` on ``datamodule`` with the command's engine flags; returns this rank's
-    per-step losses.
+    """Train ``task`` on ``datamodule`` (or on ``train_dataloaders`` / ``val_dataloaders``) with
+    the command's engine flags; returns this rank's per-step losses.
 
-    ``seed`` makes the run resumable to the same parameters (see the module docstring); the
-    datamodule's train sampler must then be an :class:`~plugins.data.stream.EpochSampler` (the
-    streamed and in-memory datamodules of :mod:`plugins.data.stream` use it). In a copy launched for
+    ``resumable``: ``<run>/last.ckpt`` as ``--checkpoint-every`` says, and ``--resume`` continues
+    from one. ``seed`` reseeds the global RNG per step, so that the resumed run ends with the same
+    parameters (see the module docstring); a datamodule's train sampler should then be an
+    :class:`~plugins.data.stream.EpochSampler` (the datamodules of :mod:`plugins.data.stream` use
+    it), or a plain loader's sampler must itself continue from ``trainer.global_step``.
+    ``val_batches`` is Lightning's ``limit_val_batches`` (``None``: all). ``run_dir`` (default
+    ``ctx.run_dir``) takes ``last.ckpt``: one folder per model when a reproduction trains several,
+    which then resume from nothing. ``recorder`` records more than the loss. In a copy launched for
     ``ddp`` (rank > 0) this raises :class:`WorkerFinished` after training.
     """
-
     settings = settings or getattr(ctx, "engine", None) or EngineSettings()
     settings.check(torch.device(ctx.device))
-    recorder = LossRecorder()
+    recorder = recorder or LossRecorder()
     hooks = RunHooks(ctx.method, seed)
+    resume = ctx.resume if run_dir is None else None
+    if run_dir is not None:
+        from dataclasses import replace
+
+        ctx = replace(ctx, run_dir=run_dir, option_set=None)
     all_callbacks: list[Callback] = [recorder, hooks, *(callbacks or [])]
-    periodic = periodic_checkpoint(ctx)
+    periodic = periodic_checkpoint(ctx) if resumable else None
     if periodic is not None:
         all_callbacks.append(periodic)
     run_path = ctx.run_dir.ensure()
@@ -211,7 +235,7 @@ def fit(
         os.environ[RUN_DIR_ENV] = str(run_path)  # the launched copies inherit it
     with _quiet_lightning():
         trainer = _trainer(
-            ctx, settings, all_callbacks, periodic, run_path, max_epochs, max_steps, validate
+            ctx, settings, all_callbacks, periodic, run_path, max_epochs, max_steps, val_batches
         )
     if seed is not None and hasattr(datamodule, "skip_batches"):
         datamodule.skip_batches = lambda: batches_done_in_epoch(trainer)
@@ -221,7 +245,14 @@ def fit(
         sigint = None
     try:
         with _quiet_lightning():
-            trainer.fit(task, datamodule=datamodule, ckpt_path=ctx.resume, weights_only=True)
+            trainer.fit(
+                task,
+                train_dataloaders=train_dataloaders,
+                val_dataloaders=val_dataloaders,
+                datamodule=datamodule,
+                ckpt_path=resume if resumable else None,
+                weights_only=True,
+            )
     except SystemExit:
         if not trainer.interrupted:
             raise
@@ -265,7 +296,8 @@ _NOTICES = (
     ".*does not have many workers which may be a bottleneck.*",
     ".*The number of training batches .* is smaller than the logging interval.*",
     ".*callbacks used to create the checkpoint need to be provided.*",
-    ".*your dataloader is not resumable.*",  # fit() makes the sampler skip the done batches
+    ".*your dataloader is not resumable.*",
+    ".*LightningCLI's args parameter is intended to run from within Python.*",  # fit() makes the sampler skip the done batches
 )
 
 
@@ -277,7 +309,7 @@ def _trainer(
     run_path: Path,
     max_epochs: int | None,
     max_steps: int,
-    validate: bool,
+    val_batches: int | float | None,
 ) -> Trainer:
     from plugins.progress import enabled
 
@@ -293,7 +325,7 @@ def _trainer(
         enable_checkpointing=periodic is not None,
         enable_model_summary=False,
         enable_progress_bar=ctx.progress and enabled() and not is_worker(),
-        limit_val_batches=None if validate else 0,
+        limit_val_batches=val_batches,
         num_sanity_val_steps=0,
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO(), *([GlobalBatchNormSync()] if settings.distributed else [])],
@@ -312,3 +344,57 @@ def autocast(ctx: RunContext) -> Any:
     if settings.precision == "16-mixed":
         return torch.autocast(device.type, dtype=torch.float16)
     return contextlib.nullcontext()
+
+
+def lightning_cli(args: list[str]) -> int:
+    """``contrastive-plugins fit --config FILE.yaml [...]``: Lightning's CLI over any task and
+    datamodule named by ``class_path`` (the same experience as ``torchgeo fit``); the shipped
+    configs are ``plugins/methods/<name>/configs/*.yaml`` and ``agri_ext/configs/*.yaml``.
+
+    A bad option, a class that cannot be built or an accelerator this machine lacks is one sentence
+    (:class:`UserInputError`), not a usage page or a traceback.
+    """
+    run_lightning_cli(args)
+    return 0
+
+
+def run_lightning_cli(args: list[str]) -> Any:
+    """:func:`lightning_cli`'s work; returns the ``LightningCLI`` (its ``trainer`` and ``model``)."""
+    from jsonargparse import ArgumentError
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from lightning.pytorch.cli import LightningCLI
+
+    with _quiet_lightning():
+        try:
+            return LightningCLI(
+                model_class=LightningModule,
+                datamodule_class=LightningDataModule,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                args=["fit", *args],
+                parser_kwargs={"exit_on_error": False},
+                save_config_kwargs={"overwrite": True},
+            )
+        except ArgumentError as e:
+            raise UserInputError(_one_line(str(e))) from None
+        except MisconfigurationException as e:  # e.g. --trainer.accelerator gpu without one
+            raise UserInputError(f"the trainer cannot start: {_one_line(str(e))}") from None
+
+
+def _one_line(message: str) -> str:
+    """jsonargparse's nested report as one sentence: the innermost key and its error."""
+    lines = [ln.strip(" -") for ln in message.strip().splitlines() if ln.strip(" -")]
+    skip = (
+        "Does not validate",
+        "Subtypes",
+        "Errors",
+        "Given value",
+        "Expected a <class 'NoneType'>",
+    )
+    lines = [ln for ln in lines if not ln.startswith(skip)]
+    keys = [i for i, ln in enumerate(lines) if ln.startswith("Parser key")]
+    if keys and keys[-1] + 1 < len(lines):  # the innermost key and what was wrong with it
+        text = f"{lines[keys[-1]].rstrip(':')}: {lines[keys[-1] + 1]}"
+    else:
+        text = " ".join(lines[:2])
+    return text.rstrip("!. ") + "."

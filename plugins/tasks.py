@@ -47,6 +47,14 @@ class ContrastiveImageTask(LightningModule):
                 values[f.name] = tuple(value) if isinstance(f.default, tuple) else value
         return self.config_class(**values)
 
+    @classmethod
+    def config_fields(cls) -> list[str]:
+        """The ``config_class`` fields this task takes as arguments (so a run can pass a config)."""
+        import inspect
+
+        params = inspect.signature(cls.__init__).parameters
+        return [f.name for f in dataclasses.fields(cls.config_class) if f.init and f.name in params]
+
     def make_augment(self, size: int) -> nn.Module:
         """The method's two-view augmentation for images of side ``size``."""
         raise NotImplementedError

@@ -3,78 +3,27 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-import signal
 import time
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch import Callback, Trainer, seed_everything
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch import Callback, seed_everything
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from plugins.checkpoint import load_checkpoint
+from plugins.engine import fit
 from plugins.errors import UserInputError
 from plugins.metrics import effective_rank, spectrum
-from plugins.reporting import RunContext, active_run_dir
+from plugins.reporting import RunContext
 from torchgeo_ext import data as D
 from torchgeo_ext.options import OUTPUT_STRIDE
 from torchgeo_ext.task import GLCNetTask
 
 METHOD = "glcnet"
-
-
-class _LossRecorder(Callback):
-    """Per-step training losses; kept in Lightning checkpoints, so a resumed run plots them all."""
-
-    def __init__(self) -> None:
-        self.losses: list[float] = []
-
-    def on_train_batch_end(
-        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        self.losses.append(float(loss))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"losses": list(self.losses)}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.losses = [float(v) for v in state_dict.get("losses", [])]
-
-
-class _RunHooks(Callback):
-    """The command's side of a Lightning fit: marks the run folder started when training starts,
-    tags checkpoints with the method (``--resume`` refuses other methods' files), reseeds the global
-    RNG before each step from ``(step_seed, global_step)`` when given (so the views and dropout of a
-    resumed run equal an uninterrupted run's), and keeps the exception Lightning swallows on Ctrl-C."""
-
-    def __init__(self, step_seed: int | None = None) -> None:
-        self.step_seed = step_seed
-        self.exception: BaseException | None = None
-
-    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        run_dir = active_run_dir()
-        if run_dir is not None:
-            run_dir.mark_started()
-
-    def on_train_batch_start(
-        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
-    ) -> None:
-        if self.step_seed is not None:
-            torch.manual_seed(self.step_seed * 1_000_003 + trainer.global_step)
-
-    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
-        checkpoint["method"] = METHOD
-
-    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        self.exception = exception
 
 
 class _StepSampler(Sampler[int]):
@@ -97,33 +46,6 @@ class _StepSampler(Sampler[int]):
         yield from range(min(self.n, done * self.batch_size), self.n)
 
 
-class _AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoints written to a temporary name and renamed: never a half-written file."""
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
-    ) -> None:
-        from plugins.reporting import atomic_write_bytes
-
-        atomic_write_bytes(Path(path), lambda tmp: torch.save(checkpoint, tmp))
-
-
-def _periodic_checkpoint(ctx: RunContext) -> ModelCheckpoint | None:
-    """``<run>/last.ckpt`` every N steps or T seconds (``--checkpoint-every``); ``None`` when off."""
-    steps, seconds = ctx.checkpoint_every
-    if not steps and not seconds:
-        return None
-    return ModelCheckpoint(
-        dirpath=str(ctx.run_dir.path),
-        filename="last",
-        save_last=True,
-        save_top_k=0,
-        every_n_train_steps=steps or None,
-        train_time_interval=timedelta(seconds=seconds) if not steps and seconds else None,
-        enable_version_counter=False,
-    )
-
-
 def _fit(
     ctx: RunContext,
     task: Any,
@@ -141,11 +63,9 @@ def _fit(
     step from ``seed``, ``<run>/last.ckpt`` is written as ``--checkpoint-every`` says and ``--resume``
     continues from such a file to the same final parameters as an uninterrupted run.
 
-    Ctrl-C (which Lightning turns into ``sys.exit(1)``) is raised again as ``KeyboardInterrupt``,
-    so the command exits 130 and records the run as interrupted.
+    Ctrl-C is raised again as ``KeyboardInterrupt`` (:func:`plugins.engine.fit`), so the command
+    exits 130 and records the run as interrupted.
     """
-    from plugins.progress import enabled
-
     sampler = _StepSampler(len(train), batch_size) if resumable else None
     loader = DataLoader(
         train,
@@ -155,52 +75,28 @@ def _fit(
         drop_last=len(train) > batch_size,
     )
     per_epoch = max(1, len(loader))
-    rec = _LossRecorder()
-    hooks = _RunHooks(step_seed=seed if resumable else None)
-    callbacks: list[Callback] = [rec, hooks]
-    periodic = _periodic_checkpoint(ctx) if resumable else None
-    if periodic is not None:
-        callbacks.append(periodic)
-    trainer = Trainer(
+    return fit(
+        ctx,
+        task,
+        train_dataloaders=loader,
+        val_dataloaders=DataLoader(val, batch_size=batch_size) if val is not None else None,
         max_steps=steps,
         max_epochs=math.ceil(steps / per_epoch),
-        accelerator="gpu" if torch.device(ctx.device).type == "cuda" else "cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=periodic is not None,
-        enable_model_summary=False,
-        enable_progress_bar=ctx.progress and enabled(),
-        limit_val_batches=1 if val is not None else 0,
-        num_sanity_val_steps=0,
-        callbacks=callbacks,
-        plugins=[_AtomicCheckpointIO()],
-        default_root_dir=str(ctx.run_dir.ensure()),
+        seed=seed if resumable else None,
+        callbacks=[_BindSampler(sampler)] if sampler is not None else None,
+        val_batches=1 if val is not None else 0,
+        resumable=resumable,
     )
-    if sampler is not None:
-        sampler.trainer = trainer
-    vloader = DataLoader(val, batch_size=batch_size) if val is not None else None
-    try:
-        sigint = signal.getsignal(signal.SIGINT)
-    except ValueError:
-        sigint = None
-    try:
-        trainer.fit(
-            task,
-            train_dataloaders=loader,
-            val_dataloaders=vloader,
-            ckpt_path=ctx.resume if resumable else None,
-            weights_only=True,
-        )
-    except SystemExit:
-        if not trainer.interrupted:
-            raise
-        if sigint is not None:  # Lightning ignores further Ctrl-C after the first
-            with contextlib.suppress(ValueError, TypeError):
-                signal.signal(signal.SIGINT, sigint)
-        if isinstance(hooks.exception, KeyboardInterrupt):  # SIGTERM's subclass included
-            raise hooks.exception from None
-        raise KeyboardInterrupt from None
-    return rec.losses
+
+
+class _BindSampler(Callback):
+    """Gives :class:`_StepSampler` the trainer, whose restored ``global_step`` it reads."""
+
+    def __init__(self, sampler: _StepSampler) -> None:
+        self.sampler = sampler
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self.sampler.trainer = trainer
 
 
 def _save_task(ctx: RunContext, task: Any, name: str, **extra: Any) -> Path:

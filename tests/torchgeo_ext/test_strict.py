@@ -445,7 +445,7 @@ def test_sigint_exits_130_keeps_last_ckpt_and_resume_equals_uninterrupted(tmp_pa
     saved = load_checkpoint(run / "last.ckpt", "glcnet")
     done = saved["global_step"]
     assert saved["method"] == "glcnet" and _KILL_AT <= done < _STEPS  # interrupted mid-training
-    assert len(saved["callbacks"]["_LossRecorder"]["losses"]) == done
+    assert len(saved["callbacks"]["LossRecorder"]["losses"]) == done
     assert not list(run.glob("*.tmp")) and not (run / "glcnet.ckpt").exists()
 
     # other settings than the checkpoint's: one sentence, nothing trained

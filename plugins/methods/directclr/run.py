@@ -14,13 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from plugins.backbones import TinyResNet
-from plugins.checkpoint import Checkpointer
 from plugins.data import ImageTensorDataset, check_finite, load_train_test
+from plugins.engine_settings import per_rank_batch
 from plugins.errors import UserInputError
 from plugins.evaluation import embed, evaluate_representation
 from plugins.methods.directclr.model import (
     MODES,
-    DirectCLR,
     DirectCLRConfig,
     default_d0,
     zero_init_residual,
@@ -31,7 +30,7 @@ from plugins.methods.directclr.toy import (
     implicit_regularization_toy,
     strong_augmentation_toy,
 )
-from plugins.methods.directclr.train import train_directclr
+from plugins.methods.directclr.train import TrainResult
 from plugins.metrics import spectrum
 from plugins.options import Option, OptionSet, config_from_options, declared, options_from_dataclass
 from plugins.progress import phase
@@ -91,22 +90,13 @@ def _widths_and_d0(ctx: RunContext) -> tuple[tuple[int, ...], int | None]:
 
 def run_mode(mode: str, train_set: ImageTensorDataset, test_set: ImageTensorDataset, cfg: DirectCLRConfig, ctx: RunContext,
              run_dir: RunDir, widths: tuple[int, ...], d0: int | None, eval_train: int | None, eval_test: int | None,
-             probe_size: int = 512, checkpointer: Checkpointer | None = None) -> dict:  # fmt: skip
+             probe_size: int = 512) -> dict:  # fmt: skip
     """Train one mode with collapse monitoring, evaluate r, write plots into ``run_dir``."""
-    torch.manual_seed(ctx.seed)  # every mode starts from the same backbone weights
-    backbone = TinyResNet(train_set.images.shape[1], widths=widths)
-    model = DirectCLR(
-        backbone,
-        d0=d0,
-        mode=mode,
-        feat_dim=backbone.out_dim,
-        num_classes=train_set.num_classes if cfg.online_classifier else None,
-        config=cfg,
-    )
     probe = _balanced_head(test_set, probe_size).images
     t0 = time.perf_counter()
-    res = train_directclr(model, train_set, cfg, ctx.device, ctx.seed, ctx.progress, probe=probe,
-                          monitor_every=ctx.option("monitor_every"), checkpointer=checkpointer)  # fmt: skip
+    res = fit_directclr(ctx, run_dir, train_set, cfg, mode, widths, d0, probe,
+                        ctx.option("monitor_every"))  # fmt: skip
+    model = res.model
     train_s = time.perf_counter() - t0
     ev_tr, ev_te = _balanced_head(train_set, eval_train), _balanced_head(test_set, eval_test)
     scores = evaluate_representation(model.backbone, ev_tr, ev_te, ctx.device, ctx.progress)
@@ -129,6 +119,43 @@ def run_mode(mode: str, train_set: ImageTensorDataset, test_set: ImageTensorData
     return row
 
 
+def fit_directclr(ctx: RunContext, run_dir: RunDir, train_set: ImageTensorDataset, cfg: DirectCLRConfig, mode: str,
+                  widths: tuple[int, ...], d0: int | None, probe: torch.Tensor | None, monitor_every: int) -> TrainResult:  # fmt: skip
+    """Train :class:`DirectCLRTask` (a :class:`TinyResNet` of ``widths``) on ``train_set`` with the
+    command's engine (:func:`plugins.engine.fit`), collapse monitors on ``probe`` for r and z.
+
+    Every mode starts from the same weights (seeded). ``cfg.batch_size`` is the global batch.
+    ``last.ckpt`` goes into ``run_dir``; ``--resume`` applies when it is the run's own folder."""
+    from plugins.data.stream import TensorImageDataModule
+    from plugins.engine import LossRecorder, fit
+    from plugins.methods.directclr.task import DirectCLRTask
+    from plugins.monitoring import CollapseMonitor
+
+    batch = min(cfg.batch_size, len(train_set))
+    per_rank = per_rank_batch(batch, ctx.engine.devices)
+    fields = {f: getattr(cfg, f) for f in DirectCLRTask.config_fields()}
+    torch.manual_seed(ctx.seed)  # every mode starts from the same backbone weights
+    task = DirectCLRTask(
+        in_channels=train_set.images.shape[1], mode=mode, d0=d0, widths=widths,
+        num_classes=train_set.num_classes if cfg.online_classifier else None,
+        **{**fields, "batch_size": batch},
+    )  # fmt: skip
+    monitors = [
+        CollapseMonitor(monitor_every, on, probe_batch=probe, log=False, plot=False)
+        for on in ("representation", "embedding")
+    ]
+    data = TensorImageDataModule(
+        train_set, val_fraction=0, batch_size=per_rank, seed=ctx.seed, drop_last=True
+    )
+    recorder = LossRecorder("contrastive_loss", extra=("classifier_acc",))
+    own = run_dir.path == ctx.run_dir.path
+    fit(ctx, task, data, max_epochs=cfg.epochs, seed=ctx.seed, callbacks=monitors,
+        recorder=recorder, run_dir=None if own else run_dir)  # fmt: skip
+    trackers = {m.on: m.tracker for m in monitors}
+    model = task.model.to(ctx.device)
+    return TrainResult(model, recorder.losses, trackers, recorder.extra["classifier_acc"])
+
+
 def _config(ctx: RunContext, epochs: int) -> DirectCLRConfig:
     """The paper's config with every ``--set`` field (declared in :data:`OPTIONS`) and ``epochs``."""
     return config_from_options(ctx, DirectCLRConfig, exclude=("epochs",), epochs=epochs)
@@ -147,8 +174,8 @@ def run(ctx: RunContext) -> dict[str, float]:
                                  "d0": d0 if d0 is not None else default_d0(widths[-1], cfg.d0_fraction), "seed": ctx.seed,
                                  "device": ctx.device, **asdict(cfg)})  # fmt: skip
         eval_n = 2000 if ctx.demo else None
-        row = run_mode(mode, train_set, test_set, cfg, ctx, ctx.run_dir, widths, d0, eval_n, eval_n,
-                       checkpointer=ctx.checkpointer())  # fmt: skip
+        per_rank_batch(min(cfg.batch_size, len(train_set)), ctx.engine.devices)  # before any work
+        row = run_mode(mode, train_set, test_set, cfg, ctx, ctx.run_dir, widths, d0, eval_n, eval_n)
         ctx.run_dir.plot_spectrum({mode: row["_spectrum"]}, name="spectrum.png")
         m = ctx.option("map_points")  # t-SNE cost; the map only needs a sample
         ctx.run_dir.plot_embedding(
@@ -251,11 +278,11 @@ def reproduce(ctx: RunContext) -> dict[str, float]:
             }
         )
         spectra["random init"] = spectrum(embed(untrained, ev_te.images, device=ctx.device))
-        ckpt = ctx.checkpointer(stages=tuple(modes))
         for mode in modes:
             sub = RunDir(path=ctx.run_dir.path / mode)
-            row = run_mode(mode, train_set, test_set, cfg, ctx, sub, widths, d0, eval_train, eval_test,
-                           checkpointer=ckpt.independent_stage(mode))  # fmt: skip
+            row = run_mode(
+                mode, train_set, test_set, cfg, ctx, sub, widths, d0, eval_train, eval_test
+            )
             spectra[mode] = row["_spectrum"]
             rows.append({k: v for k, v in row.items() if not k.startswith("_")})
             out.update(

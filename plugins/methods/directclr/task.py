@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from plugins.backbones import small_resnet
+from plugins.backbones import TinyResNet, small_resnet
 from plugins.data.stream import split_batch
 from plugins.methods.directclr.model import DirectCLR, DirectCLRConfig
 from plugins.methods.directclr.train import LARS, AsymmetricAugment, lr_at
@@ -46,6 +46,7 @@ class DirectCLRTask(ContrastiveImageTask):
             (``base_lr * batch_size / base_batch_size``).
         image_size: side of the views (default: the input's).
         zero_init: zero-initialise the residual blocks' last BN scale (paper setting).
+        widths: a :class:`TinyResNet` with these stage widths instead of ``arch``.
         augment: module ``images -> (view1, view2)``; default :class:`AsymmetricAugment`.
         gather_distributed: contrast against every rank's samples under DDP.
         The other arguments are the :class:`DirectCLRConfig` fields of the same names.
@@ -78,6 +79,7 @@ class DirectCLRTask(ContrastiveImageTask):
         online_classifier: bool = _DEFAULTS.online_classifier,
         image_size: int | None = None,
         zero_init: bool = True,
+        widths: tuple[int, ...] | None = None,
         augment: nn.Module | None = None,
         gather_distributed: bool = True,
     ):
@@ -90,7 +92,11 @@ class DirectCLRTask(ContrastiveImageTask):
     def configure_models(self) -> None:
         """Backbone (:func:`small_resnet`) wrapped in :class:`DirectCLR`."""
         h = self.hparams
-        backbone, dim = small_resnet(h.in_channels, h.arch)
+        if h.widths:
+            backbone = TinyResNet(h.in_channels, widths=tuple(h.widths))
+            dim = backbone.out_dim
+        else:
+            backbone, dim = small_resnet(h.in_channels, h.arch)
         self.model = DirectCLR(
             backbone,
             d0=h.d0,
@@ -125,11 +131,15 @@ class DirectCLRTask(ContrastiveImageTask):
             if "classifier_loss" in out:
                 self.log("train_classifier_loss", out["classifier_loss"], batch_size=n)
                 self.log("train_classifier_acc", out["classifier_acc"], batch_size=n)
-        return {
+        step = {
             "loss": out["loss"],
+            "contrastive_loss": out["contrastive_loss"].detach(),
             "representation": out["representation"].detach(),
             "embedding": out["embedding"].detach(),
         }
+        if "classifier_acc" in out:
+            step["classifier_acc"] = out["classifier_acc"].detach()
+        return step
 
     def collapse_features(self, batch: Any, on: str = "representation") -> torch.Tensor:
         """Hook for :class:`plugins.monitoring.CollapseMonitor`: r or z of the batch's images."""
