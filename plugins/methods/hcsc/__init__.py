@@ -3,13 +3,15 @@ top of MoCo v2, without faiss.
 
 Files: ``config.py`` (hyperparameters), ``kmeans.py`` (torch k-means, hierarchy, concentration), ``loss.py`` (selective InfoNCE and
 prototype losses), ``model.py`` (the model and its queue cache), ``train.py`` (the epoch loop),
-``run.py`` (command functions, plots, reproduction), ``spec.py`` (registry).
+``task.py`` (the Lightning task), ``run.py`` (command functions, plots, reproduction), ``spec.py`` (registry).
 Names are imported lazily, so that the registry's ``spec`` does not import torch.
 """
 
 from plugins.lazy import lazy_exports
 
 _EXPORTS = {
+    "HCSCTask": "plugins.methods.hcsc.task",
+    "IndexedDataset": "plugins.methods.hcsc.task",
     "ClusterResult": "plugins.methods.hcsc.kmeans",
     "hierarchical_kmeans": "plugins.methods.hcsc.kmeans",
     "cluster_concentration": "plugins.methods.hcsc.kmeans",
