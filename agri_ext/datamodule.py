@@ -113,7 +113,10 @@ class CLAWSDataModule(LightningDataModule):
     batches ``(images, labels)`` or, with stored ``masks``, ``(images, labels, masks)``.
 
     Args:
-        dataset: images (N, C, H, W) in [0, 1] with weak labels.
+        dataset: images (N, C, H, W) in [0, 1] with weak labels, or a data name or path that
+            :func:`agri_ext.data.load_claws_data` reads (its training split; ``"crops"``: the
+            shared Plant Seedlings), as a YAML config gives it.
+        image_size: side the named data set is resized to (ignored for a dataset object).
         batch_size: the global batch size.
         homogeneous: class-homogeneous batches; :meth:`for_config` sets it from a config.
         seed: shuffling seed.
@@ -123,14 +126,19 @@ class CLAWSDataModule(LightningDataModule):
 
     def __init__(
         self,
-        dataset: ImageTensorDataset,
+        dataset: ImageTensorDataset | str | None = None,
         batch_size: int = CLAWSConfig.batch_size,
         homogeneous: bool = False,
         seed: int = 0,
         masks: torch.Tensor | None = None,
         num_workers: int = 0,
+        image_size: int | None = None,
     ):
         super().__init__()
+        if not isinstance(dataset, ImageTensorDataset):
+            from agri_ext.data import load_claws_data
+
+            dataset = load_claws_data(dataset, size=image_size, seed=seed)[0]
         self.dataset, self.masks = dataset, masks
         self.batch_size, self.homogeneous, self.seed = batch_size, homogeneous, seed
         self.num_workers = num_workers

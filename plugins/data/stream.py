@@ -653,6 +653,25 @@ class StreamImageDataModule(_ImageDataModule):
         return out
 
 
+class IndexedDataset(Dataset):
+    """``dataset[i]`` as ``(image, label, i)`` (label -1 when the item has none), or a dict item with
+    ``"index": i`` added: the batches :class:`HCSCTask` trains on."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> Any:
+        item = self.dataset[i]
+        if isinstance(item, Mapping):
+            return {**item, "index": i}
+        if isinstance(item, (tuple, list)):
+            return (item[0], item[1] if len(item) > 1 else -1, i)
+        return (item, -1, i)
+
+
 class TensorImageDataModule(_ImageDataModule):
     """A small in-memory set behind the streamed interface (same sampler, batches and hook).
 
@@ -662,7 +681,8 @@ class TensorImageDataModule(_ImageDataModule):
         val: a separate validation set, or ``None`` to split by ``val_fraction`` (stratified).
         num_workers: default 0 (the tensors are already decoded).
 
-    Batches are ``(float images (B, C, H, W) in [0, 1], labels (B,))``.
+    Batches are ``(float images (B, C, H, W) in [0, 1], labels (B,))``; with ``return_index``
+    the training batches also carry each image's index in the training set (``HCSCTask``).
     """
 
     def __init__(
@@ -679,10 +699,12 @@ class TensorImageDataModule(_ImageDataModule):
         shuffle: bool = True,
         drop_last: bool = True,
         pin_memory: bool | None = None,
+        return_index: bool = False,
     ) -> None:
         super().__init__(batch_size, num_workers, seed, shuffle, drop_last, pin_memory)
         if not 0.0 <= float(val_fraction) < 1.0:
             raise UserInputError(f"val_fraction must be in [0, 1), got {val_fraction}.")
+        self.return_index = return_index
         self.dataset = dataset
         self.val = val
         self.val_fraction = float(val_fraction)
@@ -703,6 +725,8 @@ class TensorImageDataModule(_ImageDataModule):
             self.train_dataset, self.val_dataset = ds.subset(tr), ds.subset(va)
         else:
             self.train_dataset, self.val_dataset = ds, None
+        if self.return_index:  # (image, label, index) batches, e.g. for HCSCTask's prototypes
+            self.train_dataset = IndexedDataset(self.train_dataset)
 
 
 def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -24,7 +24,8 @@ def _needs_data(path: Path) -> bool:
 
 def test_every_generic_method_ships_a_config():
     named = {p.parent.parent.name for p in CONFIGS if p.parts[-4] == "methods"}
-    assert {"simclr", "directclr"} <= named
+    assert {"simclr", "directclr", "hcsc"} <= named
+    assert any(p.parts[-3] == "agri_ext" for p in CONFIGS)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[p.stem for p in CONFIGS])

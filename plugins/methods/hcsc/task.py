@@ -56,12 +56,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from plugins import distributed as D
 from plugins.backbones import small_resnet
 from plugins.data import TwoViewAugment
-from plugins.data.stream import EpochSampler, split_batch
+from plugins.data.stream import EpochSampler, IndexedDataset, split_batch
 from plugins.errors import UserInputError
 from plugins.heads import FeatureQueue
 from plugins.methods.hcsc.config import HCSCConfig
@@ -76,25 +76,6 @@ _DEFAULTS = HCSCConfig()
 
 
 # -- data -----------------------------------------------------------------------------------------
-class IndexedDataset(Dataset):
-    """``dataset[i]`` as ``(image, label, i)`` (label -1 when the item has none), or a dict item with
-    ``"index": i`` added: the batches :class:`HCSCTask` trains on."""
-
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, i: int) -> Any:
-        item = self.dataset[i]
-        if isinstance(item, Mapping):
-            return {**item, "index": i}
-        if isinstance(item, (tuple, list)):
-            return (item[0], item[1] if len(item) > 1 else -1, i)
-        return (item, -1, i)
-
-
 def split_indexed_batch(
     batch: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
