@@ -19,6 +19,11 @@ _LAZY = {
     "train_baseline": "monai_ext.supercon.train",
     "evaluate": "monai_ext.supercon.train",
     "split_indices": "monai_ext.supercon.data",
+    "find_duplicates": "monai_ext.supercon.data",
+    "deduplicate": "monai_ext.supercon.data",
+    "resolve_positive": "monai_ext.supercon.data",
+    "split_summary": "monai_ext.supercon.data",
+    "check_split": "monai_ext.supercon.data",
     "load_isic_csv": "monai_ext.supercon.data",
     "class_balanced_sampler": "monai_ext.supercon.data",
 }

@@ -41,6 +41,8 @@ from plugins.options import parse_bool
 __all__ = [
     "Stage1Step",
     "ProbabilityCSV",
+    "PredictionCollector",
+    "write_evaluation",
     "ReadImaged",
     "FinalValidationHandler",
     "bundle_dir",
@@ -49,6 +51,7 @@ __all__ = [
     "check_config",
     "check_classes",
     "check_checkpoint",
+    "check_positive",
     "user_error",
 ]
 
@@ -164,6 +167,105 @@ class ProbabilityCSV:
         atomic_write_bytes(self.path, write)  # a temporary name, renamed once complete
 
 
+class PredictionCollector:
+    """Evaluator handler keeping ``(image path, label, class probabilities)`` of every item, for
+    :func:`write_evaluation` (the ``evaluate`` config)."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        self.labels: list[int] = []
+        self.probs: list[list[float]] = []
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, lambda e: self.__init__())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+
+    def _collect(self, engine: Any) -> None:
+        out = engine.state.output
+        for item in out if isinstance(out, list) else [out]:
+            meta = getattr(item[Keys.IMAGE], "meta", {})
+            self.paths.append(str(meta.get("filename_or_obj", f"item{len(self.paths)}")))
+            self.labels.append(int(torch.as_tensor(item[Keys.LABEL]).reshape(-1)[0]))
+            pred = torch.as_tensor(item[Keys.PRED]).detach().float().cpu().reshape(-1)
+            self.probs.append(pred.tolist())
+
+
+def write_evaluation(
+    validation: PredictionCollector,
+    test: PredictionCollector,
+    datalists: Mapping[str, Any],
+    tests: Mapping[str, Any],
+    class_names: Sequence[str],
+    positive: Any,
+    output_dir: str | Path,
+    min_val_positives: int = 20,
+) -> dict[str, Any]:
+    """The ``evaluate`` config's last step: the positive class's F1-optimal threshold on the
+    validation split, applied unchanged to the held-out test items; writes
+    ``<output_dir>/predictions.csv`` (the columns ``run supercon`` writes) and
+    ``<output_dir>/metrics.json`` (test metrics, per-group metrics, the number of validation
+    positives behind the threshold, and how many test files are byte-identical to data files)."""
+    import json
+
+    import numpy as np
+
+    from monai_ext.supercon.report import group_metrics, say, threshold_info, write_predictions
+    from monai_ext.supercon.train import evaluate
+    from plugins.metrics import f1_optimal_threshold
+    from plugins.reporting import atomic_write_bytes
+
+    classes = [str(c) for c in class_names]
+    pos = check_positive(positive, classes)
+    group = {i["image"]: i["group"] for k in ("validation",) for i in datalists[k]}
+    group.update({i["image"]: i["group"] for i in tests["test"]})
+    blocks = []
+    for split, c in (("validation", validation), ("test", test)):
+        blocks.append(
+            {
+                "paths": c.paths,
+                "groups": [group.get(p, p) for p in c.paths],
+                "labels": np.asarray(c.labels, dtype=np.int64),
+                "probs": np.asarray(c.probs, dtype=np.float64).reshape(len(c.paths), -1),
+                "split": split,
+            }
+        )
+    val, tst = blocks
+    threshold = f1_optimal_threshold(val["probs"][:, pos], val["labels"] == pos)
+    info = threshold_info(
+        "validation split", int((val["labels"] == pos).sum()), len(val["labels"]),
+        int(min_val_positives),
+    )  # fmt: skip
+    metrics, cm = evaluate(tst["probs"], tst["labels"], classes, positive=pos, threshold=threshold)
+    metrics.update(
+        group_metrics(
+            tst["probs"][:, pos],
+            tst["labels"] == pos,
+            tst["probs"].argmax(1) == pos,
+            tst["groups"],
+            threshold,
+        )
+    )
+    leaked = len(set(tests["hashes"]) & set(datalists["hashes"]))
+    if leaked:
+        say(f"{leaked} test file(s) are byte-identical to files of data_dir", warning=True)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_predictions(out / "predictions.csv", classes, blocks)
+    result = {
+        "positive_class": classes[pos],
+        **metrics,
+        **info,
+        "test_images": len(tst["labels"]),
+        "test_files_also_in_data": leaked,
+        "confusion": cm.tolist(),
+    }
+    text = json.dumps(result, indent=2)
+    atomic_write_bytes(out / "metrics.json", lambda tmp: Path(tmp).write_text(text))
+    return result
+
+
 class ReadImaged(LoadImaged):
     """MONAI's ``LoadImaged`` whose failures are one sentence naming the file.
 
@@ -257,6 +359,8 @@ _RULES: dict[str, tuple[str, float | None, float | None]] = {
     "encoder_mode": ("choice", None, None),
     "arch": ("arch", None, None),
     "data_dir": ("path", None, None),
+    "test_data": ("path", None, None),
+    "min_val_positives": ("int", 1, None),
     "image_dir": ("path", None, None),
 }
 _CHOICES = {"task": ("melanoma", "multiclass"), "encoder_mode": ("eval", "train")}
@@ -341,6 +445,19 @@ def check_classes(file: str, num_classes: Any, classes: Sequence[str]) -> bool:
             f"({', '.join(map(str, classes))}); pass --num_classes {len(classes)}."
         )
     return True
+
+
+def check_positive(positive: Any, class_names: Sequence[str]) -> int:
+    """The evaluate config's positive class (``--positive`` name or index, else the class called
+    melanoma) as an index of ``class_names``; otherwise one sentence naming the config."""
+    from monai_ext.supercon.data import resolve_positive
+
+    return resolve_positive(
+        positive,
+        [str(c) for c in class_names],
+        "configs/evaluate.yaml (class_names)",
+        "--positive ",
+    )
 
 
 def check_checkpoint(file: str, key: str, path: Any, network: torch.nn.Module) -> bool:

@@ -1,17 +1,26 @@
 """Data for SuperCon: ISIC-style CSV + image folder, class-per-folder images, the shared ISIC copy,
 leakage-free splits and a class-balanced sampler.
 
-Splits (issue 6): the SuperCon reference's test list shares 80% of its images with its training
-list. Here a patient (``patient_id`` when the metadata has it) or an exact-duplicate image (same
-bytes, found by content hash) always lands on one side only: both define groups, groups are merged
-(union-find) and scikit-learn's ``StratifiedGroupKFold`` splits the merged groups by class.
+Splits (issues 6 and 21): the SuperCon reference's test list shares 80% of its images with its
+training list. Here a patient (``patient_id`` when the metadata has it) and an exact-duplicate image
+(same bytes, found by content hash) always land on one side only:
+
+* :func:`find_duplicates` runs **before** splitting. Identical files within one patient stay
+  together (the patient is one group); identical files across patients are reported and, by
+  default, the extra copies are dropped (the copy of the first patient in table order stays).
+  Patients are never merged through a shared file, so groups are never chained (merging them did
+  chain most lesions of a real table into one group, and an 80/20 split came out about 40/60).
+* scikit-learn's ``StratifiedGroupKFold`` then splits the groups by class, and
+  :func:`split_summary` / :func:`check_split` report the realised fractions, the class counts per
+  split and the largest group, and refuse a split that misses a class or misses its fraction.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +39,19 @@ __all__ = [
     "load_table",
     "load_images",
     "split_indices",
+    "split_target",
+    "DuplicateReport",
+    "find_duplicates",
+    "resolve_positive",
+    "split_summary",
+    "check_split",
+    "summary_lines",
     "check_classes_present",
     "subsample_class",
     "class_balanced_sampler",
+    "deduplicate",
     "bundle_datalists",
+    "test_datalist",
 ]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
@@ -50,6 +68,16 @@ class ImageTable:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def subset(self, index: np.ndarray) -> ImageTable:
+        """The rows ``index`` (same classes)."""
+        index = np.asarray(index, dtype=np.int64)
+        groups = None if self.groups is None else [self.groups[i] for i in index]
+        return ImageTable([self.paths[i] for i in index], self.labels[index], self.classes, groups)
+
+    def group_names(self) -> list[str]:
+        """Each row's group: its patient, else its file name."""
+        return list(self.groups) if self.groups is not None else [str(p) for p in self.paths]
 
 
 def read_image(path: str | Path, size: int, channels: int = 3) -> np.ndarray:
@@ -213,25 +241,115 @@ def load_images(
         return torch.from_numpy(np.stack([read_image(p, size, channels) for p in table.paths]))
 
 
-def _merge_groups(n: int, *keys: list[str] | None) -> np.ndarray:
-    """Union-find over items sharing any key (patient id, content hash): (N,) group ids."""
-    parent = list(range(n))
+@dataclass
+class DuplicateReport:
+    """Byte-identical files of a table (:func:`find_duplicates`).
 
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
+    Attributes:
+        within_sets, within_files: sets of identical files that all belong to one group (patient),
+            and the files in them; they stay together because the group does.
+        cross_sets, cross_files: sets whose copies belong to different groups, and their files.
+        dropped: indices of the extra copies dropped (cross-group sets, every copy outside the
+            group of the set's first file); empty with ``action="stop"``.
+        conflicting_sets: duplicate sets whose copies carry different labels.
+        examples: up to 3 cross-group sets, as lists of file paths.
+    """
 
-    for key in keys:
-        if key is None:
-            continue
-        first: dict[str, int] = {}
-        for i, k in enumerate(key):
-            j = first.setdefault(k, i)
-            if j != i:
-                parent[find(i)] = find(j)
-    return np.array([find(i) for i in range(n)])
+    within_sets: int = 0
+    within_files: int = 0
+    cross_sets: int = 0
+    cross_files: int = 0
+    dropped: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    conflicting_sets: int = 0
+    examples: list[list[str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        """The counts for ``metrics.json`` (``dropped`` as a count)."""
+        return {
+            "within_patient_sets": self.within_sets,
+            "within_patient_files": self.within_files,
+            "cross_patient_sets": self.cross_sets,
+            "cross_patient_files": self.cross_files,
+            "dropped_copies": len(self.dropped),
+            "conflicting_label_sets": self.conflicting_sets,
+        }
+
+    def message(self) -> str:
+        """One line for the run's output."""
+        text = (
+            f"exact-duplicate files: {self.within_sets} set(s) within one patient "
+            f"({self.within_files} files, kept together), {self.cross_sets} set(s) across "
+            f"patients ({self.cross_files} files"
+        )
+        if len(self.dropped):
+            text += f", {len(self.dropped)} extra copies dropped"
+        text += ")"
+        if self.conflicting_sets:
+            text += f"; {self.conflicting_sets} set(s) carry different labels"
+        return text
+
+
+def _codes(values: Sequence[str] | np.ndarray) -> np.ndarray:
+    return np.unique(np.asarray(values, dtype=object).astype(str), return_inverse=True)[1]
+
+
+def find_duplicates(
+    hashes: Sequence[str],
+    groups: Sequence[str] | None,
+    labels: np.ndarray,
+    paths: Sequence[str | Path] | None = None,
+    action: str = "drop",
+) -> DuplicateReport:
+    """Exact duplicates (same content hash) before any split.
+
+    Within one group (patient) identical files are only counted: the group keeps them on one side
+    of every split. Across groups the copies outside the group of the set's first file (in table
+    order) are listed in ``dropped`` when ``action="drop"``; with ``action="stop"`` any
+    cross-group set is one :class:`UserInputError` sentence; ``"report"`` only counts. No group is ever merged with another
+    through a shared file. Without ``groups`` every file is its own group.
+    """
+    if action not in ("drop", "stop", "report"):
+        raise UserInputError(f"duplicates must be 'drop' or 'stop', got {action!r}.")
+    n = len(hashes)
+    h = _codes(hashes)
+    g = _codes(groups) if groups is not None else np.arange(n)
+    size = np.bincount(h, minlength=h.max() + 1 if n else 0)
+    pairs = np.unique(np.stack([h, g], 1), axis=0)
+    groups_per_set = np.bincount(pairs[:, 0], minlength=len(size))
+    label_pairs = np.unique(np.stack([h, np.asarray(labels)], 1), axis=0)
+    labels_per_set = np.bincount(label_pairs[:, 0], minlength=len(size))
+    dup = size > 1
+    cross = groups_per_set > 1
+    within = dup & ~cross
+    first = np.full(len(size), n)
+    np.minimum.at(first, h, np.arange(n))
+    outside = cross[h] & (g != g[first][h])
+    report = DuplicateReport(
+        within_sets=int(within.sum()),
+        within_files=int(size[within].sum()),
+        cross_sets=int(cross.sum()),
+        cross_files=int(size[cross].sum()),
+        conflicting_sets=int((dup & (labels_per_set > 1)).sum()),
+    )
+    if paths is not None:
+        for k in np.flatnonzero(cross)[:3]:
+            report.examples.append([str(paths[i]) for i in np.flatnonzero(h == k)])
+    if report.cross_sets and action == "stop":
+        example = " = ".join(report.examples[0]) if report.examples else "e.g. one set"
+        raise UserInputError(
+            f"{report.cross_sets} set(s) of byte-identical files belong to different patients "
+            f"({report.cross_files} files, e.g. {example}); remove the extra copies or pass "
+            "--set duplicates=drop to drop them."
+        )
+    if action == "drop":
+        report.dropped = np.flatnonzero(outside)
+    return report
+
+
+def split_target(fraction: float) -> float:
+    """The share :func:`split_indices` aims at for ``fraction``: one of ``round(1 / fraction)``
+    folds (0.2 -> 0.2, 0.15 -> 1/7)."""
+    return 1 / max(2, round(1 / fraction))
 
 
 def split_indices(
@@ -243,15 +361,30 @@ def split_indices(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Stratified, group-disjoint train/test indices.
 
-    Items sharing a group (patient) or a content hash are merged into one group, so no patient and
-    no exact-duplicate image appears on both sides; ``StratifiedGroupKFold`` keeps class ratios.
+    The groups are the patients (``groups``), else the content hashes (identical files form one
+    group), else single items. Files identical across patients must have been resolved first
+    (:func:`find_duplicates`): groups are never merged through them, since that chains patients
+    into one large group. ``StratifiedGroupKFold`` keeps class ratios; the held-out share is
+    :func:`split_target` of ``test_fraction``.
     """
     from sklearn.model_selection import StratifiedGroupKFold
 
     labels = np.asarray(labels)
     if not 0 < test_fraction < 1:
         raise UserInputError(f"test_fraction must be in (0, 1), got {test_fraction}.")
-    merged = _merge_groups(len(labels), groups, hashes)
+    if groups is not None and hashes is not None:
+        cross = find_duplicates(hashes, groups, labels, action="report").cross_sets
+        if cross:
+            raise UserInputError(
+                f"{cross} set(s) of byte-identical files belong to different patients; drop the "
+                "extra copies first (find_duplicates), patients are not merged through them."
+            )
+    if groups is not None:
+        merged = _codes(groups)
+    elif hashes is not None:
+        merged = _codes(hashes)
+    else:
+        merged = np.arange(len(labels))
     n_splits = max(2, round(1 / test_fraction))
     if len(np.unique(merged)) < n_splits:
         raise UserInputError(
@@ -267,6 +400,117 @@ def split_indices(
             f"{test_fraction:.0%} stratified by class ({error_reason(e)}); add images."
         ) from None
     return np.sort(train), np.sort(test)
+
+
+def resolve_positive(
+    value: str | int | None, classes: Sequence[str], source: str, flag: str = "--set positive="
+) -> int:
+    """The positive class's index: ``value`` (a class name, case-insensitive, or an index), else
+    the class called melanoma; otherwise one sentence asking for ``flag`` (``--set positive=`` on
+    the command line, ``--positive `` in the bundle). There is no guess from class frequencies."""
+    names = [str(c) for c in classes]
+    if value is None:
+        hits = [k for k, c in enumerate(names) if c.lower() == "melanoma"]
+        if hits:
+            return hits[0]
+        raise UserInputError(
+            f"{source} has the classes {', '.join(names)} and none is called melanoma; say which "
+            f"one is the positive class with {flag}NAME (or its index)."
+        )
+    text = str(value).strip()
+    if text in names:
+        return names.index(text)
+    lower = [c.lower() for c in names]
+    if text.lower() in lower:
+        return lower.index(text.lower())
+    if text.lstrip("-").isdigit() and 0 <= int(text) < len(names):
+        return int(text)
+    raise UserInputError(
+        f"{flag}{text}: expected one of the classes of {source} "
+        f"({', '.join(names)}) or an index from 0 to {len(names) - 1}."
+    )
+
+
+def split_summary(
+    labels: np.ndarray,
+    classes: Sequence[str],
+    splits: Mapping[str, np.ndarray],
+    groups: Sequence[str] | None = None,
+    targets: Mapping[str, float] | None = None,
+) -> dict[str, object]:
+    """The realised splits: per split its images, share of all split images, target share
+    (``targets``), class counts and groups; and the largest group (images, share, split)."""
+    labels = np.asarray(labels)
+    total = sum(len(ix) for ix in splits.values())
+    g = _codes(groups) if groups is not None else None
+    out: dict[str, object] = {}
+    largest = {"images": 0, "share": 0.0, "split": None}
+    for name, ix in splits.items():
+        ix = np.asarray(ix, dtype=np.int64)
+        counts = np.bincount(labels[ix], minlength=len(classes))
+        entry: dict[str, object] = {
+            "images": int(len(ix)),
+            "fraction": float(len(ix) / total) if total else 0.0,
+            "class_counts": {str(c): int(v) for c, v in zip(classes, counts)},
+            "groups": int(len(np.unique(g[ix]))) if g is not None else int(len(ix)),
+        }
+        if targets and name in targets:
+            entry["target_fraction"] = float(targets[name])
+        out[name] = entry
+        if g is not None and len(ix):
+            sizes = np.bincount(g[ix])
+            if sizes.max() > largest["images"]:
+                largest = {"images": int(sizes.max()), "share": 0.0, "split": name}
+        elif len(ix) and largest["images"] < 1:
+            largest = {"images": 1, "share": 0.0, "split": name}
+    largest["share"] = float(largest["images"] / total) if total else 0.0
+    out["largest_group"] = largest
+    return out
+
+
+def summary_lines(summary: Mapping[str, object]) -> list[str]:
+    """:func:`split_summary` as printable lines."""
+    lines = []
+    for name, e in summary.items():
+        if name == "largest_group":
+            continue
+        target = f" (target {e['target_fraction']:.1%})" if "target_fraction" in e else ""
+        counts = ", ".join(f"{c} {v}" for c, v in e["class_counts"].items())
+        lines.append(
+            f"{name}: {e['images']} images = {e['fraction']:.1%}{target}, "
+            f"{e['groups']} groups; {counts}"
+        )
+    lg = summary["largest_group"]
+    lines.append(f"largest group: {lg['images']} images ({lg['share']:.1%}), in {lg['split']}")
+    return lines
+
+
+def check_split(
+    summary: Mapping[str, object], classes: Sequence[str], tolerance: float, source: str
+) -> None:
+    """One sentence when a split misses a class, or its realised share of the images is further
+    from its target than ``tolerance`` (``--set split_tolerance``) plus the rounding a stratified
+    split of N images cannot avoid (one image per class, K / N)."""
+    total = sum(e["images"] for k, e in summary.items() if k != "largest_group")
+    slack = len(classes) / max(1, total)
+    splits = {k: e for k, e in summary.items() if k != "largest_group"}
+    for name, e in splits.items():  # a missing class first: it explains a fraction that is off
+        empty = [c for c, v in e["class_counts"].items() if v == 0]
+        if empty:
+            raise UserInputError(
+                f"the {name} split of {source} has no image of class(es) {', '.join(empty)} "
+                f"({e['images']} images); add images of that class or drop it."
+            )
+    for name, e in splits.items():
+        gap = abs(e["fraction"] - e.get("target_fraction", e["fraction"]))
+        if gap > tolerance + slack:
+            lg = summary["largest_group"]
+            raise UserInputError(
+                f"the {name} split of {source} holds {e['fraction']:.1%} of the images instead "
+                f"of {e['target_fraction']:.1%} (more than split_tolerance={tolerance:g} plus "
+                f"{slack:.3f} of rounding off; the largest patient group has {lg['images']} "
+                "images); check the patient column or raise --set split_tolerance."
+            )
 
 
 def check_classes_present(
@@ -309,18 +553,89 @@ def class_balanced_sampler(
     )
 
 
+def deduplicate(
+    table: ImageTable, action: str = "drop"
+) -> tuple[ImageTable, list[str], DuplicateReport]:
+    """Hash every file of ``table`` and apply :func:`find_duplicates`; returns the table without
+    the dropped copies, its hashes and the report."""
+    hashes = [file_hash(p) for p in table.paths]
+    report = find_duplicates(hashes, table.groups, table.labels, table.paths, action)
+    if not len(report.dropped):
+        return table, hashes, report
+    keep = np.setdiff1d(np.arange(len(table)), report.dropped)
+    return table.subset(keep), [hashes[i] for i in keep], report
+
+
 def bundle_datalists(
     data: str | Path, task: str = "melanoma", val_fraction: float = 0.2, seed: int = 0
 ) -> dict[str, list[dict]]:
-    """MONAI datalists ``{"training": [...], "validation": [...]}`` of ``{"image", "label"}`` items,
-    split by :func:`split_indices` (groups + content hashes)."""
-    table = load_table(data, task)
-    hashes = [file_hash(p) for p in table.paths]
+    """MONAI datalists ``{"training": [...], "validation": [...]}`` of ``{"image", "label",
+    "group"}`` items, split by :func:`split_indices` (patients; identical files across patients:
+    extra copies dropped first, see :func:`deduplicate`); ``"classes"`` and ``"hashes"`` (content
+    hashes of every kept file) come along."""
+    table, hashes, _ = deduplicate(load_table(data, task))
     tr, va = split_indices(table.labels, table.groups, hashes, val_fraction, seed)
     check_classes_present(table.labels, table.classes, "training", tr)
     check_classes_present(table.labels, table.classes, "validation", va)
+    groups = table.group_names()
 
     def items(idx: np.ndarray) -> list[dict]:
-        return [{"image": str(table.paths[i]), "label": int(table.labels[i])} for i in idx]
+        return [
+            {"image": str(table.paths[i]), "label": int(table.labels[i]), "group": groups[i]}
+            for i in idx
+        ]
 
-    return {"training": items(tr), "validation": items(va), "classes": table.classes}
+    return {
+        "training": items(tr),
+        "validation": items(va),
+        "classes": table.classes,
+        "hashes": hashes,
+    }
+
+
+def test_datalist(
+    data: str | Path, task: str = "melanoma", classes: Sequence[str] | None = None
+) -> dict[str, object]:
+    """A held-out test datalist: a MONAI datalist JSON (``{"test": [{"image", "label"}, ...]}``,
+    paths relative to the file) or anything :func:`load_table` reads. Returns ``{"test": items,
+    "classes": names, "hashes": content hashes}``; ``classes`` (the config's class names) checks
+    the JSON's integer labels."""
+    import json
+
+    path = Path(data)
+    if path.is_file() and path.suffix.lower() == ".json":
+        try:
+            raw = json.loads(path.read_text())
+            items = raw.get("test") or raw.get("testing")
+            if not isinstance(items, list) or not items:
+                raise ValueError("no non-empty 'test' list")
+            table = ImageTable(
+                [(path.parent / str(i["image"])).resolve() for i in items],
+                np.array([int(i["label"]) for i in items], dtype=np.int64),
+                list(classes or []),
+                [str(i.get("group", i["image"])) for i in items],
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise UserInputError(
+                f"test datalist {path} is not a MONAI datalist with a 'test' list of "
+                f"{{image, label}} items ({error_reason(e)})."
+            ) from None
+        missing = [p for p in table.paths if not p.is_file()]
+        if missing:
+            raise UserInputError(f"image {missing[0]} listed in {path} does not exist.")
+        if classes and not ((table.labels >= 0) & (table.labels < len(classes))).all():
+            raise UserInputError(
+                f"test datalist {path} has labels outside 0..{len(classes) - 1} "
+                f"({', '.join(map(str, classes))})."
+            )
+    else:
+        table = load_table(path, task)
+    groups = table.group_names()
+    return {
+        "test": [
+            {"image": str(p), "label": int(y), "group": g}
+            for p, y, g in zip(table.paths, table.labels, groups)
+        ],
+        "classes": table.classes,
+        "hashes": [file_hash(p) for p in table.paths],
+    }

@@ -13,6 +13,14 @@ holds out a validation split (natural ratio, like the test split) on which every
 operating point is chosen (:func:`plugins.metrics.f1_optimal_threshold`); melanoma F1 is reported at
 the argmax and at that threshold.
 
+A user's table (issue 21): the positive class is ``--set positive`` (name or index), else a class
+called melanoma, else the run stops and asks (no guess from class frequencies); byte-identical
+files are resolved before splitting (:func:`monai_ext.supercon.data.find_duplicates`,
+``--set duplicates``); the realised splits are printed, written to ``metrics.json`` (``data``) and
+checked (``--set split_tolerance``); ``predictions.csv`` and per-group metrics are written; each
+threshold records the positives behind it (``--set min_val_positives`` warns) and may come from
+out-of-fold training scores instead (``--set threshold_from=cv``).
+
 Both commands declare their ``--set`` keys in :data:`OPTIONS` (every SuperConConfig field except
 ``stage1_epochs``, which is ``--epochs``, plus the run keys below); ``run supercon --help`` lists
 them. ``run`` writes ``last.ckpt`` periodically across both stages and resumes from it
@@ -30,6 +38,7 @@ import numpy as np
 import torch
 
 from monai_ext.supercon.config import SuperConConfig
+from monai_ext.supercon.report import group_metrics, say, threshold_info, write_predictions
 from plugins.errors import UserInputError
 from plugins.options import Option, OptionSet, config_from_options, declared, options_from_dataclass
 from plugins.progress import phase
@@ -105,27 +114,76 @@ def _val_fraction(ctx: RunContext) -> float:
     return value
 
 
-def _embedded(ctx: RunContext, size: int, val_fraction: float) -> dict[str, Any]:
+def _tolerance(ctx: RunContext) -> float:
+    return float(ctx.option("split_tolerance"))
+
+
+def _split_report(
+    labels: np.ndarray,
+    classes: list[str],
+    splits: dict[str, np.ndarray | None],
+    groups: list[str] | None,
+    targets: dict[str, float],
+    tolerance: float | None,
+    source: str,
+) -> dict[str, Any]:
+    """:func:`split_summary` of the splits that exist; checked (one sentence on a missing class or
+    a fraction more than ``tolerance`` off its target) unless ``tolerance`` is ``None``."""
+    from monai_ext.supercon.data import check_split, split_summary
+
+    present = {k: v for k, v in splits.items() if v is not None}
+    summary = split_summary(labels, classes, present, groups, targets)
+    if tolerance is not None:
+        check_split(summary, classes, tolerance, source)
+    return summary
+
+
+def _targets(val_fraction: float, test_fraction: float) -> dict[str, float]:
+    """Each split's target share of all images (the folds :func:`split_indices` cuts)."""
+    from monai_ext.supercon.data import split_target
+
+    test = split_target(test_fraction)
+    val = (1 - test) * split_target(val_fraction) if val_fraction else 0.0
+    out = {"train": 1 - test - val, "test": test}
+    if val_fraction:
+        out["validation"] = val
+    return out
+
+
+def _embedded(
+    ctx: RunContext, size: int, val_fraction: float, positive: Any = None
+) -> dict[str, Any]:
     """Digits with one class made rare (2% of the training split); validation and test keep the
-    natural ratio."""
-    from monai_ext.supercon.data import split_indices, subsample_class
+    natural ratio. Identical digit images form one group. The positive class is the rare one
+    unless ``--set positive`` names another."""
+    from monai_ext.supercon.data import resolve_positive, split_indices, subsample_class
     from plugins.data import load_digits
 
     d = load_digits(size=size)
+    y = d.labels.numpy()
     rare = int(ctx.option("rare_class"))
     ratio = float(ctx.option("rare_ratio"))
     hashes = [hashlib.sha1(x.numpy().tobytes()).hexdigest() for x in d.images]
-    tr, te = split_indices(d.labels.numpy(), None, hashes, 0.25, ctx.seed)
-    tr, va = _hold_out(d.labels.numpy(), None, hashes, tr, val_fraction, ctx.seed)
-    tr = subsample_class(tr, d.labels.numpy(), rare, ratio, ctx.seed)
+    tr, te = split_indices(y, None, hashes, 0.25, ctx.seed)
+    tr, va = _hold_out(y, None, hashes, tr, val_fraction, ctx.seed)
+    classes = list(d.classes)
+    groups = [h[:12] for h in hashes]
+    splits = {"train": tr, "validation": va, "test": te}
+    source = "the embedded digits"
+    _split_report(y, classes, splits, groups, _targets(val_fraction, 0.25), _tolerance(ctx), source)
+    tr = subsample_class(tr, y, rare, ratio, ctx.seed)
+    summary = _split_report(y, classes, {**splits, "train": tr}, groups, {}, None, source)
     return dict(
         images=d.images,
         labels=d.labels,
-        classes=list(d.classes),
+        classes=classes,
         train=tr,
         val=va,
         test=te,
-        positive=rare,
+        positive=rare if positive is None else resolve_positive(positive, classes, source),
+        paths=[f"digits[{i}]" for i in range(len(y))],
+        groups=groups,
+        report={"splits": summary, "train_subsampled": True},
         note=f"scikit-learn digits, class {rare} kept at {100 * ratio:g}% of the training split",
     )
 
@@ -133,23 +191,33 @@ def _embedded(ctx: RunContext, size: int, val_fraction: float) -> dict[str, Any]
 def _user(
     ctx: RunContext, size: int, task: str, val_fraction: float, progress: bool = False
 ) -> dict[str, Any]:
+    """``--data``: the table, its positive class (``--set positive``, else a class called
+    melanoma, else one sentence asking), exact duplicates resolved before splitting
+    (``--set duplicates``), the splits checked (``--set split_tolerance``), then the images."""
     from monai_ext.supercon.data import (
-        check_classes_present,
-        file_hash,
+        deduplicate,
         load_images,
         load_table,
+        resolve_positive,
         split_indices,
     )
 
+    source = f"--data {ctx.data}"
     table = load_table(ctx.data, task)
-    hashes = [file_hash(p) for p in table.paths]
+    positive = resolve_positive(ctx.option("positive"), table.classes, source)
+    table, hashes, dups = deduplicate(table, str(ctx.option("duplicates")))
+    say(dups.message())
     tr, te = split_indices(table.labels, table.groups, hashes, 0.2, ctx.seed)
     tr, va = _hold_out(table.labels, table.groups, hashes, tr, val_fraction, ctx.seed)
-    check_classes_present(table.labels, table.classes, "training", tr)
-    check_classes_present(table.labels, table.classes, "test", te)
-    counts = np.bincount(table.labels[tr], minlength=len(table.classes))
-    positive = (
-        table.classes.index("melanoma") if "melanoma" in table.classes else int(counts.argmin())
+    groups = table.group_names()
+    summary = _split_report(
+        table.labels,
+        table.classes,
+        {"train": tr, "validation": va, "test": te},
+        groups,
+        _targets(val_fraction, 0.2),
+        _tolerance(ctx),
+        source,
     )
     return dict(
         images=load_images(table, size, progress=progress),
@@ -159,6 +227,9 @@ def _user(
         val=va,
         test=te,
         positive=positive,
+        paths=[str(p) for p in table.paths],
+        groups=groups,
+        report={"duplicates": dups.as_dict(), "splits": summary},
         note=str(ctx.data),
     )
 
@@ -202,6 +273,124 @@ def _val_threshold(
         return None
     probs = predict_proba(net, images[torch.as_tensor(val)], cfg.image_size, device)
     return f1_optimal_threshold(probs[:, positive], np.asarray(labels)[val] == positive)
+
+
+def _oof_threshold(
+    method: str,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    train: np.ndarray,
+    groups: list[str],
+    positive: int,
+    num_classes: int,
+    cfg: Any,
+    epochs: int,
+    device: torch.device | str,
+    seed: int,
+    balanced: bool,
+    folds: int,
+) -> float:
+    """The F1-optimal threshold on out-of-fold scores of the whole training split: ``folds``
+    group-disjoint, class-stratified folds, each scored by a network trained (same settings) on
+    the others. Every training positive stands behind it, not only the validation ones."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from monai_ext.supercon.data import error_reason
+    from monai_ext.supercon.train import predict_proba
+    from plugins.metrics import f1_optimal_threshold
+
+    y = labels.numpy()[train]
+    g = np.unique(np.asarray([groups[i] for i in train]), return_inverse=True)[1]
+    skf = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    scores = np.zeros(len(train))
+    try:
+        parts = list(skf.split(np.zeros(len(y)), y, g))
+    except ValueError as e:
+        raise UserInputError(
+            f"--set cv_folds={folds}: the training split cannot be cut into {folds} "
+            f"class-stratified patient folds ({error_reason(e)})."
+        ) from None
+    for a, b in parts:
+        ia, ib = torch.as_tensor(train[a]), torch.as_tensor(train[b])
+        net, _ = fit(
+            method, images[ia], labels[ia], num_classes, cfg, epochs, device, seed, balanced
+        )
+        scores[b] = predict_proba(net, images[ib], cfg.image_size, device)[:, positive].numpy()
+    return f1_optimal_threshold(scores, y == positive)
+
+
+def _choose_threshold(
+    ctx: RunContext,
+    method: str,
+    net: Any,
+    d: dict[str, Any],
+    cfg: Any,
+    epochs: int,
+    balanced: bool,
+    seed: int,
+    where: str = "",
+) -> tuple[float | None, dict[str, Any]]:
+    """The operating point ``--set threshold_from`` asks for, and its record (how many positives
+    stand behind it; a warning below ``--set min_val_positives``). With ``cv`` the validation
+    threshold is kept in the record too (``threshold_validation``), for comparison."""
+    source = str(ctx.option("threshold_from"))
+    minimum = int(ctx.option("min_val_positives"))
+    labels, pos, val = np.asarray(d["labels"]), d["positive"], d["val"]
+    val_t = _val_threshold(net, d["images"], d["labels"], val, pos, cfg, ctx.device)
+    if source == "cv":
+        t = _oof_threshold(
+            method, d["images"], torch.as_tensor(labels), np.asarray(d["train"]), d["groups"],
+            pos, len(d["classes"]), cfg, epochs, ctx.device, seed, balanced,
+            int(ctx.option("cv_folds")),
+        )  # fmt: skip
+        train_y = labels[d["train"]]
+        info = threshold_info(
+            f"out-of-fold scores, {int(ctx.option('cv_folds'))} folds of the training split",
+            int((train_y == pos).sum()), len(train_y), minimum, where,
+        )  # fmt: skip
+        if val_t is not None:
+            info["threshold_validation"] = val_t
+            info["threshold_validation_positives"] = int((labels[val] == pos).sum())
+        return t, info
+    if val is None:
+        return None, {"threshold_from": "none (val_fraction=0)"}
+    info = threshold_info(
+        "validation split", int((labels[val] == pos).sum()), len(val), minimum, where
+    )
+    return val_t, info
+
+
+def _f1_at(probs: torch.Tensor, y: torch.Tensor, positive: int, threshold: float) -> float:
+    """Test F1 of the positive class at ``threshold``."""
+    from plugins.metrics import binary_scores
+
+    return binary_scores(probs[:, positive], (y == positive).numpy(), threshold)["f1"]
+
+
+def _predict_blocks(
+    net: Any, d: dict[str, Any], cfg: Any, device: Any, splits: tuple[str, ...]
+) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+    """``predictions.csv`` blocks (one per split) and the probabilities per split."""
+    from monai_ext.supercon.train import predict_proba
+
+    keys = {"train": "train", "validation": "val", "test": "test"}
+    blocks, probs = [], {}
+    for split in splits:
+        ix = d[keys[split]]
+        if ix is None:
+            continue
+        p = predict_proba(net, d["images"][torch.as_tensor(ix)], cfg.image_size, device)
+        probs[split] = p
+        blocks.append(
+            {
+                "paths": [d["paths"][i] for i in ix],
+                "groups": [d["groups"][i] for i in ix],
+                "labels": np.asarray(d["labels"])[ix],
+                "probs": p.numpy(),
+                "split": split,
+            }
+        )
+    return blocks, probs
 
 
 # -- plots --------------------------------------------------------------------------------------
@@ -270,20 +459,24 @@ def _setup(ctx: RunContext) -> tuple[SuperConConfig, int, bool, dict[str, Any]]:
     cfg = config_from_options(
         ctx, SuperConConfig, exclude=("stage1_epochs",), stage1_epochs=epochs, **base
     )
+    from monai_ext.supercon.data import summary_lines
+
     _check_arch(cfg.arch)
     val_fraction = _val_fraction(ctx)
     balanced = bool(ctx.option("balanced"))
     d = (
-        _embedded(ctx, cfg.image_size, val_fraction)
+        _embedded(ctx, cfg.image_size, val_fraction, ctx.option("positive"))
         if embedded
         else _user(ctx, cfg.image_size, str(ctx.option("task")), val_fraction, ctx.progress)
     )
+    for line in summary_lines(d["report"]["splits"]):
+        say(line)
     return cfg, epochs, balanced, {**d, "val_fraction": val_fraction}
 
 
 def run(ctx: RunContext) -> dict[str, float]:
     """Stage 1 + stage 2 on the embedded default or ``ctx.data``; returns headline metrics."""
-    from monai_ext.supercon.train import encoder_features, evaluate, predict_proba
+    from monai_ext.supercon.train import encoder_features, evaluate
     from plugins.metrics import effective_rank, spectrum
 
     t0 = time.time()
@@ -297,6 +490,8 @@ def run(ctx: RunContext) -> dict[str, float]:
             "seed": ctx.seed,
             "balanced_sampler": balanced,
             "val_fraction": d["val_fraction"],
+            "positive_class": d["classes"][d["positive"]],
+            "threshold_from": str(ctx.option("threshold_from")),
             **asdict(cfg),
         }
     )
@@ -314,14 +509,33 @@ def run(ctx: RunContext) -> dict[str, float]:
         checkpointer=ctx.checkpointer(stages=("stage 1", "stage 2")),
     )
     pos = d["positive"]
-    with phase("SuperCon: validation threshold and test evaluation", show=ctx.progress):
-        threshold = _val_threshold(net, d["images"], d["labels"], d["val"], pos, cfg, ctx.device)
-        probs = predict_proba(net, d["images"][te], cfg.image_size, ctx.device)
+    with phase("SuperCon: threshold and evaluation", show=ctx.progress):
+        threshold, tinfo = _choose_threshold(
+            ctx, "supercon", net, d, cfg, epochs, balanced, ctx.seed
+        )
+        blocks, split_probs = _predict_blocks(
+            net, d, cfg, ctx.device, ("train", "validation", "test")
+        )
+        probs = split_probs["test"]
         y = d["labels"][te]
         metrics, cm = evaluate(probs, y, d["classes"], positive=pos, threshold=threshold)
+        metrics.update(
+            group_metrics(
+                probs[:, pos].numpy(),
+                (y == pos).numpy(),
+                (probs.argmax(1) == pos).numpy(),
+                [d["groups"][i] for i in d["test"]],
+                threshold,
+            )
+        )
+        val_t = tinfo.get("threshold_validation")
+        if val_t is not None and np.isfinite(val_t):  # cv: the validation threshold's F1 too
+            metrics["positive_f1_at_validation_threshold"] = _f1_at(probs, y, pos, val_t)
         z = encoder_features(net, d["images"][te], cfg.image_size, ctx.device)
         rank = float(effective_rank(z))
+    write_predictions(ctx.run_dir.ensure() / "predictions.csv", d["classes"], blocks)
     headline = {
+        "positive_class": d["classes"][pos],
         "minority_f1": metrics["positive_f1"],
         **(
             {
@@ -332,13 +546,16 @@ def run(ctx: RunContext) -> dict[str, float]:
             else {}
         ),
         "roc_auc": metrics["roc_auc"],
+        "group_roc_auc": metrics["group_roc_auc"],
         "balanced_accuracy": metrics["balanced_accuracy"],
         "effective_rank": rank,
         "train_minority_fraction": float((d["labels"][tr] == d["positive"]).float().mean()),
         "seconds": time.time() - t0,
     }
-    ctx.run_dir.save_metrics({**headline, **metrics, "confusion": cm.tolist()})
-    # the validation threshold travels with the weights, so predictions can use it
+    ctx.run_dir.save_metrics(
+        {**headline, **metrics, **tinfo, "data": d["report"], "confusion": cm.tolist()}
+    )
+    # the threshold travels with the weights, so predictions can use it
     ctx.run_dir.save_checkpoint(
         {
             "method": "supercon",
@@ -347,6 +564,7 @@ def run(ctx: RunContext) -> dict[str, float]:
             "classes": d["classes"],
             "positive": pos,
             "threshold": threshold,
+            "threshold_from": tinfo["threshold_from"],
         }
     )
     with phase("SuperCon: plots (t-SNE of test features)", show=ctx.progress):
@@ -389,12 +607,14 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     from monai_ext.supercon.data import (
         check_classes_present,
         file_hash,
+        find_duplicates,
         load_images,
         load_shared_isic,
         split_indices,
         subsample_class,
+        summary_lines,
     )
-    from monai_ext.supercon.train import evaluate, predict_proba
+    from monai_ext.supercon.train import evaluate
     from plugins.data import shared_path
 
     t0 = time.time()
@@ -416,13 +636,22 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         )
     if not ratios and not multiclass:
         raise UserInputError("nothing to run: ratios is empty and multiclass is off.")
+    tolerance = _tolerance(ctx)
     root = ctx.data or shared_path("isic")
     binary = load_shared_isic(root, "melanoma")
     hashes = [file_hash(p) for p in binary.paths]
+    dups = find_duplicates(
+        hashes, binary.groups, binary.labels, binary.paths, str(ctx.option("duplicates"))
+    )
+    say(dups.message())
+    keep = np.setdiff1d(np.arange(len(binary)), dups.dropped)
+    binary, hashes = binary.subset(keep), [hashes[i] for i in keep]
     images = load_images(binary, cfg.image_size, progress=ctx.progress)
     settings = [("melanoma vs rest", binary, r) for r in ratios]
     if multiclass:
-        settings.append(("8-class", load_shared_isic(root, "multiclass"), -1.0))
+        settings.append(("8-class", load_shared_isic(root, "multiclass").subset(keep), -1.0))
+    data_report: dict[str, Any] = {"duplicates": dups.as_dict()}
+    predictions = ctx.run_dir / "predictions.csv"
     ctx.run_dir.save_config(
         {
             "method": "supercon",
@@ -443,19 +672,36 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         cms = {m: 0 for m in methods}
         roc: dict[str, tuple] = {}
         fracs = []
+        groups = table.group_names()
+        paths = [str(p) for p in table.paths]
+        tag = f"{'mc' if task == '8-class' else 'bin'}_{'nat' if ratio < 0 else ratio}"
         for seed in seeds:
             tr, te = split_indices(table.labels, table.groups, hashes, 0.2, seed)
             # held out before the subsampling, so validation keeps the test split's ratio
             tr, va = _hold_out(table.labels, table.groups, hashes, tr, val_fraction, seed)
+            splits = {"train": tr, "validation": va, "test": te}
+            source = f"the ISIC images (seed {seed})"
+            targets = _targets(val_fraction, 0.2)
+            _split_report(table.labels, table.classes, splits, groups, targets, tolerance, source)
             if ratio > 0:
                 tr = subsample_class(tr, table.labels, mel, ratio, seed)
             if max_train and len(tr) > max_train:
                 tr = np.sort(np.random.default_rng(seed).choice(tr, max_train, replace=False))
             check_classes_present(table.labels, table.classes, "training", tr)
-            check_classes_present(table.labels, table.classes, "test", te)
+            summary_split = _split_report(
+                table.labels, table.classes, {**splits, "train": tr}, groups, {}, None, source
+            )
+            if seed == seeds[0]:
+                data_report[f"{tag}/splits (seed {seed})"] = summary_split
+                for line in summary_lines(summary_split):
+                    say(f"{task}, seed {seed}: {line}")
             fracs.append(float((table.labels[tr] == mel).mean()))
             x_tr, y_tr = images[tr], torch.from_numpy(table.labels[tr])
-            x_te, y_te = images[te], torch.from_numpy(table.labels[te])
+            y_te = torch.from_numpy(table.labels[te])
+            d = dict(
+                images=images, labels=torch.from_numpy(table.labels), classes=table.classes,
+                train=tr, val=va, test=te, positive=mel, groups=groups, paths=paths,
+            )  # fmt: skip
             for m in methods:
                 net, curves = fit(
                     m,
@@ -469,16 +715,37 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
                     progress=ctx.progress,
                 )
                 with phase(f"{m}, seed {seed}: evaluation", show=ctx.progress):
-                    threshold = _val_threshold(net, images, table.labels, va, mel, cfg, ctx.device)
-                    probs = predict_proba(net, x_te, cfg.image_size, ctx.device)
+                    threshold, tinfo = _choose_threshold(
+                        ctx, m, net, d, cfg, epochs, False, seed, f" of {m}, {tag}, seed {seed}"
+                    )
+                    blocks, split_probs = _predict_blocks(
+                        net, d, cfg, ctx.device, ("validation", "test")
+                    )
+                    probs = split_probs["test"]
                     met, cm = evaluate(
                         probs, y_te, table.classes, positive=mel, threshold=threshold
                     )
+                    met.update(
+                        group_metrics(
+                            probs[:, mel].numpy(),
+                            (y_te == mel).numpy(),
+                            (probs.argmax(1) == mel).numpy(),
+                            [groups[i] for i in te],
+                            threshold,
+                        )
+                    )
+                    val_t = tinfo.get("threshold_validation")
+                    if val_t is not None and np.isfinite(val_t):  # cv: the validation one too
+                        met["positive_f1_at_validation_threshold"] = _f1_at(probs, y_te, mel, val_t)
+                extra = {"task": task, "ratio": "natural" if ratio < 0 else ratio}
+                for block in blocks:
+                    block["extra"] = {**extra, "seed": seed, "method": m}
+                write_predictions(predictions, table.classes, blocks, append=True)
+                met["threshold_positives"] = tinfo.get("threshold_positives", 0)
                 per[m].append(met)
                 per_seed.append(
                     {
-                        "task": task,
-                        "ratio": "natural" if ratio < 0 else ratio,
+                        **extra,
                         "seed": seed,
                         "method": m,
                         **{
@@ -486,6 +753,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
                             for k, v in met.items()
                             if not k.startswith(("precision_", "recall_", "f1_"))
                         },
+                        **{k: v for k, v in tinfo.items() if k != "threshold_warning"},
                     }
                 )
                 ctx.run_dir.save_json(per_seed, "metrics_per_seed.json")  # a cut run keeps rows
@@ -494,7 +762,6 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
                     roc[m] = (probs[:, mel].numpy(), (y_te == mel).numpy())
                     losses.update({f"{m} {k}": v for k, v in curves.items()})
         setting = f"{task}, melanoma {100 * np.mean(fracs):.1f}% of train"
-        tag = f"{'mc' if task == '8-class' else 'bin'}_{'nat' if ratio < 0 else ratio}"
         for m in methods:
             row = {"setting": setting, "method": m}
             columns = [
@@ -516,6 +783,9 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
                 row["predicted at val threshold"] = "/".join(
                     str(int(r["positive_predicted_at_threshold"])) for r in per[m]
                 )
+                row["positives behind threshold"] = "/".join(
+                    str(int(r["threshold_positives"])) for r in per[m]
+                )
             summary[f"{tag}/{m}/positive_predicted"] = float(
                 np.mean([r["positive_predicted"] for r in per[m]])
             )
@@ -525,7 +795,8 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         ctx.run_dir.save_table(rows)
     ctx.run_dir.plot_loss({k: v for k, v in losses.items() if "stage 2" not in k})
     summary["seconds"] = time.time() - t0
-    ctx.run_dir.save_metrics(summary)
+    summary["threshold_from"] = str(ctx.option("threshold_from"))
+    ctx.run_dir.save_metrics({**summary, "data": data_report})
     ctx.run_dir.save_table(rows)
     return summary
 
@@ -589,6 +860,40 @@ _VAL_FRACTION = Option(
     low=0,
     high=0.5,
 )
+# issue 21: what a user's table needs to be read right, and how a threshold is chosen
+_DATA_OPTIONS = (
+    Option(
+        "duplicates",
+        "str",
+        "drop",
+        "byte-identical files of different patients: drop the extra copies or stop",
+        choices=("drop", "stop"),
+    ),
+    Option(
+        "split_tolerance",
+        "float",
+        0.05,
+        "largest allowed gap between a split's realised and target share of the images",
+        low=0,
+        high=1,
+    ),
+    Option(
+        "threshold_from",
+        "str",
+        "validation",
+        "where the positive class's threshold is chosen: validation split, or cv (out-of-fold "
+        "scores on the training split; cv_folds extra trainings)",
+        choices=("validation", "cv"),
+    ),
+    Option("cv_folds", "int", 3, "folds for threshold_from=cv", low=2, high=20),
+    Option(
+        "min_val_positives",
+        "int",
+        20,
+        "warn when fewer positive images than this stand behind the threshold",
+        low=1,
+    ),
+)
 _RUN_DOCS = {
     "arch": f"resnet50 (paper); {EMBEDDED['arch']} on the embedded digits",
     "image_size": f"224 (paper); {EMBEDDED['image_size']} on the embedded digits",
@@ -617,6 +922,16 @@ OPTIONS = {
             "--data in the shared ISIC layout: melanoma (vs rest) or multiclass",
             choices=("melanoma", "multiclass"),
         ),
+        Option(
+            "positive",
+            "str",
+            None,
+            "the positive class (name or index) for F1 and the threshold",
+            nullable=True,
+            default_doc="the class called melanoma; else required with --data "
+            "(the rare class on the embedded digits)",
+        ),
+        *_DATA_OPTIONS,
     ),
     "reproduce": OptionSet(
         options_from_dataclass(SuperConConfig, defaults=REPRODUCE, **_CONFIG),
@@ -633,5 +948,6 @@ OPTIONS = {
         ),
         Option("max_train", "int", 0, "cap on training images per seed (0: all)", low=0),
         Option("multiclass", "bool", False, "add the 8-class setting"),
+        *_DATA_OPTIONS,
     ),
 }

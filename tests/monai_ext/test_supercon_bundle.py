@@ -148,6 +148,7 @@ def test_every_config_runs_and_stage2_saves_a_model_whatever_val_interval(tmp_pa
     assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 2
     assert {p.name for p in CONFIGS.iterdir()} == {
         "metadata.json", "train_stage1.yaml", "train_stage2.yaml", "inference.yaml",
+        "evaluate.yaml",
     }  # fmt: skip
     _photo_folder(tmp_path / "data")
     common = _common(tmp_path)
@@ -174,6 +175,14 @@ def test_every_config_runs_and_stage2_saves_a_model_whatever_val_interval(tmp_pa
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
     assert not list(out.parent.glob(".*.tmp"))  # written under a temporary name, then renamed
 
+    # evaluate: the same folder as the "held-out" list -- every test file is flagged as a copy
+    run(
+        config_file=str(CONFIGS / "evaluate.yaml"), test_data=str(tmp_path / "data"),
+        class_names=["china", "flower"], positive="flower", **common,
+    )  # fmt: skip
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["positive_class"] == "flower" and metrics["test_files_also_in_data"] == 16
+
 
 @pytest.mark.parametrize(
     "config, override, needle",
@@ -198,6 +207,8 @@ def test_every_config_runs_and_stage2_saves_a_model_whatever_val_interval(tmp_pa
         ("inference.yaml", {"arch": "vgg16"}, "arch must be resnet50"),
         ("inference.yaml", {"class_names": ["a"]}, "class_names must list num_classes (2) names"),
         ("inference.yaml", {}, "ckpt_path"),
+        ("evaluate.yaml", {"test_data": "/nonexistent/test.json"}, "test_data does not exist"),
+        ("evaluate.yaml", {"min_val_positives": 0}, "min_val_positives must be an integer of"),
     ],
 )
 def test_config_errors_name_the_file_and_the_key(tmp_path, config, override, needle):
@@ -281,3 +292,59 @@ def test_inference_on_a_truncated_jpeg_is_one_line_naming_it(tmp_path):
     assert len(errors) == 1, done.stderr[-3000:]
     assert errors[0].startswith(f"supercon_skin: error: image {cut} is truncated or unreadable (")
     assert not (tmp_path / "eval" / "probabilities.csv").exists()
+
+
+def test_evaluate_config_scores_a_held_out_test_list_at_the_validation_threshold(tmp_path, capsys):
+    """``configs/evaluate.yaml`` through ``monai.bundle.run``: the threshold comes from
+    the validation split of ``data_dir`` and is applied to a held-out test datalist (JSON)."""
+    import json
+
+    from monai.bundle import run
+
+    root = _isic_folder(tmp_path)
+    common = {"meta_file": META, "bundle_root": str(root), **SMALL}
+    run(config_file=str(CONFIGS / "train_stage1.yaml"), max_epochs=1, **common)
+    run(config_file=str(CONFIGS / "train_stage2.yaml"), max_epochs=1, lr=0.05, **common)
+    # a held-out test list: other shared ISIC images, named relative to the JSON file
+    src = shared_path("isic")
+    test_dir = tmp_path / "held_out"
+    test_dir.mkdir()
+    with (src / "labels.csv").open() as f:
+        clean = [r for r in csv.DictReader(f) if r["clean"] == "1"]
+    items = []
+    for target, name in ((1, "melanoma"), (0, "nevus")):
+        for r in [r for r in clean if r["folder_label"] == name][8:13]:  # not in data_dir
+            shutil.copy(src / r["path"], test_dir / f"{r['image_id']}.jpg")
+            items.append({"image": f"{r['image_id']}.jpg", "label": target})
+    (test_dir / "test.json").write_text(json.dumps({"test": items}))
+    out = root / "eval"
+    run(
+        config_file=str(CONFIGS / "evaluate.yaml"),
+        test_data=str(test_dir / "test.json"),
+        output_dir=str(out),
+        **common,
+    )
+    with (out / "predictions.csv").open() as f:
+        preds = list(csv.DictReader(f))
+    assert list(preds[0]) == ["path", "group", "label", "p_other", "p_melanoma", "split"]
+    val = [p for p in preds if p["split"] == "validation"]
+    test = [p for p in preds if p["split"] == "test"]
+    lists = bundle_datalists(root / "data", val_fraction=0.2, seed=0)
+    assert sorted(p["path"] for p in val) == sorted(i["image"] for i in lists["validation"])
+    assert len(test) == 10 and sum(p["label"] == "melanoma" for p in test) == 5
+    m = json.loads((out / "metrics.json").read_text())
+    val_pos = sum(p["label"] == "melanoma" for p in val)
+    assert m["positive_class"] == "melanoma" and m["threshold_positives"] == val_pos
+    assert m["test_images"] == 10 and m["test_files_also_in_data"] == 0
+    # the threshold is the F1-optimal one on the validation rows, applied to the test rows
+    from plugins.metrics import f1_optimal_threshold
+
+    t = f1_optimal_threshold(
+        np.array([float(p["p_melanoma"]) for p in val]),
+        np.array([p["label"] == "melanoma" for p in val]),
+    )
+    assert m["threshold"] == pytest.approx(t, abs=1e-5)
+    called = sum(float(p["p_melanoma"]) >= t - 1e-6 for p in test)
+    assert m["positive_predicted_at_threshold"] == called
+    # fewer than min_val_positives=20 validation positives: a warning line
+    assert "supercon: warning: the threshold rests on" in capsys.readouterr().err

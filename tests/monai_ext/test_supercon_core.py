@@ -11,6 +11,7 @@ from monai_ext.supercon.config import SuperConConfig
 from monai_ext.supercon.data import (
     check_classes_present,
     class_balanced_sampler,
+    find_duplicates,
     load_isic_csv,
     read_image,
     split_indices,
@@ -120,9 +121,18 @@ def test_split_never_shares_patient_or_duplicate():
     hashes = [f"h{i}" for i in range(200)]
     for a, b in [(3, 150), (10, 77), (60, 61), (5, 199)]:  # duplicates across different patients
         hashes[b] = hashes[a]
+    cross = sum(patients[a] != patients[b] for a, b in [(3, 150), (10, 77), (60, 61), (5, 199)])
+    # patients are never merged through a shared file: cross-patient copies are resolved first
+    with pytest.raises(UserInputError, match=f"{cross} set\\(s\\) of byte-identical files"):
+        split_indices(labels, patients, hashes, 0.25, 0)
+    report = find_duplicates(hashes, patients, labels)
+    assert report.cross_sets == cross and len(report.dropped) == cross
+    keep = np.setdiff1d(np.arange(200), report.dropped)
+    patients = [patients[i] for i in keep]
+    hashes, labels = [hashes[i] for i in keep], labels[keep]
     for seed in range(4):
         tr, te = split_indices(labels, patients, hashes, 0.25, seed)
-        assert len(np.intersect1d(tr, te)) == 0 and len(tr) + len(te) == 200
+        assert len(np.intersect1d(tr, te)) == 0 and len(tr) + len(te) == len(keep)
         assert not {patients[i] for i in tr} & {patients[i] for i in te}
         assert not {hashes[i] for i in tr} & {hashes[i] for i in te}
         assert 0 < labels[te].mean() < 1 and 0 < labels[tr].mean() < 1

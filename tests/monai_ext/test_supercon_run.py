@@ -45,7 +45,7 @@ def test_run_demo_writes_outputs(tmp_path):
 
 
 def test_validation_hold_out_shares_no_patient_or_duplicate_with_train_or_test():
-    from monai_ext.supercon.data import split_indices
+    from monai_ext.supercon.data import find_duplicates, split_indices
     from monai_ext.supercon.run import _hold_out
 
     rng = np.random.default_rng(1)
@@ -54,6 +54,9 @@ def test_validation_hold_out_shares_no_patient_or_duplicate_with_train_or_test()
     hashes = [f"h{i}" for i in range(300)]
     for a, b in [(3, 150), (10, 77), (60, 61), (5, 299)]:
         hashes[b] = hashes[a]
+    keep = np.setdiff1d(np.arange(300), find_duplicates(hashes, patients, labels).dropped)
+    patients, hashes = [patients[i] for i in keep], [hashes[i] for i in keep]
+    labels = labels[keep]
     tr, te = split_indices(labels, patients, hashes, 0.2, seed=0)
     kept, va = _hold_out(labels, patients, hashes, tr, 0.15, seed=0)
     assert sorted(np.r_[kept, va].tolist()) == sorted(tr.tolist())
@@ -93,6 +96,31 @@ def test_reproduce_reports_f1_at_the_validation_threshold(tmp_path):
         assert (
             out[f"bin_0.02/{r['method']}/positive_f1_at_threshold"] == r["positive_f1_at_threshold"]
         )
+    # predictions.csv: validation and test rows per method and seed; the positives behind each
+    # threshold are the validation melanomas there
+    import csv
+
+    with (tmp_path / "predictions.csv").open() as f:
+        preds = list(csv.DictReader(f))
+    assert list(preds[0])[:8] == [
+        "task",
+        "ratio",
+        "seed",
+        "method",
+        "path",
+        "group",
+        "label",
+        "p_other",
+    ]
+    for r in rows:
+        mine = [p for p in preds if p["method"] == r["method"] and p["split"] == "validation"]
+        assert r["threshold_positives"] == sum(p["label"] == "melanoma" for p in mine) > 0
+        assert r["threshold_from"] == "validation split"
+        n_test = sum(p["method"] == r["method"] and p["split"] == "test" for p in preds)
+        assert r["group_n"] == n_test  # the shared copy's groups are image ids
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["threshold_from"] == "validation"
+    assert metrics["data"]["duplicates"]["cross_patient_sets"] == 0  # its copies are unclean
     assert (tmp_path / "roc_bin_0.02.png").exists()
     assert (tmp_path / "confusion_bin_0.02.png").exists()
 

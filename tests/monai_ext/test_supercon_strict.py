@@ -55,9 +55,10 @@ def _truncate(path: Path, keep: float = 0.5) -> Path:
 def test_options_cover_the_config_and_the_run_keys():
     config_keys = {f for f in SuperConConfig.__dataclass_fields__} - {"stage1_epochs"}
     run, reproduce = OPTIONS["run"], OPTIONS["reproduce"]
-    assert config_keys | {"val_fraction", "balanced", "rare_class", "rare_ratio", "task"} == set(
-        run
-    )
+    data_keys = {"duplicates", "split_tolerance", "threshold_from", "cv_folds", "min_val_positives"}
+    run_keys = {"val_fraction", "balanced", "rare_class", "rare_ratio", "task", "positive"}
+    assert config_keys | run_keys | data_keys == set(run)
+    assert data_keys <= set(reproduce)
     assert config_keys | {"val_fraction", "seeds", "methods", "ratios", "max_train"} <= set(
         reproduce
     )
@@ -228,6 +229,7 @@ def test_run_on_a_folder_with_a_bad_image_exits_2_naming_it(tmp_path, capsys, ki
         needle = f"image {bad} contains 6 NaN or infinite values"
     out = tmp_path / "runs"
     argv = ["run", "supercon", "--data", str(folder), "--demo", "--device", "cpu"]
+    argv += ["--set", "positive=flower"]
     assert main([*argv, "--no-progress", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1
