@@ -10,7 +10,7 @@ class-homogeneous batch stays homogeneous over all ranks (the gathered plain NT-
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -63,6 +63,9 @@ class CLAWSBatchSampler(DistributedSampler):
         self.batch_size = batch_size
         self.homogeneous = homogeneous
         self._cache: tuple[int, list[torch.Tensor]] | None = None  # (epoch, this rank's batches)
+        #: the trainer's (epoch, batches done in it), read when an epoch's iteration starts
+        #: (:func:`plugins.engine.position`); overrides the epoch of :meth:`set_epoch`
+        self.position: Callable[[], tuple[int, int]] | None = None
 
     def global_batches(self, epoch: int | None = None) -> list[torch.Tensor]:
         """The epoch's batches over all ranks, before sharding (``train_claws``'s for one rank)."""
@@ -87,7 +90,12 @@ class CLAWSBatchSampler(DistributedSampler):
         return out
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        return iter(self._shards())
+        # a generator: Lightning creates the first epoch's iterator before it restores a
+        # checkpoint's steps, and draws from it only after
+        start = 0
+        if self.position is not None:  # a resumable fit: the trainer's epoch and batches done
+            self.epoch, start = self.position()
+        yield from self._shards()[start:]
 
     def __len__(self) -> int:
         return len(self._shards())
@@ -135,6 +143,8 @@ class CLAWSDataModule(LightningDataModule):
         image_size: int | None = None,
     ):
         super().__init__()
+        #: set by :func:`plugins.engine.fit`: the trainer's (epoch, batches done in it)
+        self.resume_position: Callable[[], tuple[int, int]] | None = None
         if not isinstance(dataset, ImageTensorDataset):
             from agri_ext.data import load_claws_data
 
@@ -156,6 +166,8 @@ class CLAWSDataModule(LightningDataModule):
         sampler = CLAWSBatchSampler(
             self.dataset.labels, self.batch_size, self.homogeneous, self.seed
         )
+        if self.resume_position is not None:
+            sampler.position = self.resume_position
         # its own generator: the loader's base seed must not draw from the global RNG, which the
         # views use (so the views are train_claws's)
         gen = torch.Generator().manual_seed(self.seed)

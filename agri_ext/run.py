@@ -20,10 +20,8 @@ from agri_ext.train import (
     evaluate_clustering,
     resize,
     steps_per_epoch,
-    train_claws,
 )
 from plugins import options as _options
-from plugins.checkpoint import Checkpointer
 from plugins.data import ImageTensorDataset
 from plugins.errors import UserInputError
 from plugins.metrics import effective_rank, spectrum
@@ -115,13 +113,10 @@ def _train_and_score(
     ctx: RunContext,
     seed: int,
     crop_branch: bool = False,
-    checkpointer: Checkpointer | None = None,
+    resumable: bool = False,
 ) -> tuple[object, list[float], dict[str, float], torch.Tensor]:
     t0 = time.time()
-    model, losses, info = train_claws(
-        train_set, cfg, device=ctx.device, seed=seed, progress=ctx.progress,
-        checkpointer=checkpointer,
-    )  # fmt: skip
+    model, losses, info = fit_claws(ctx, train_set, cfg, seed, resumable=resumable)
     z = embed_branch(model, test_set.images, cfg.eval_branch)
     with phase("clustering (GMM, k-means) and NMI", show=ctx.progress):
         scores = evaluate_clustering(z, test_set.labels, seed=seed)
@@ -137,6 +132,36 @@ def _train_and_score(
         train_seconds=time.time() - t0,
     )
     return model, losses, scores, z
+
+
+def fit_claws(
+    ctx: RunContext, train_set: ImageTensorDataset, cfg: CLAWSConfig, seed: int,
+    resumable: bool = False,
+) -> tuple[CLAWS, list[float], dict[str, float]]:  # fmt: skip
+    """Train :class:`CLAWSTask` on ``train_set`` with the command's engine
+    (:func:`plugins.engine.fit`: ``--devices``, ``--strategy``, ``--precision``, ``--accumulate``;
+    with ``resumable``, ``last.ckpt`` and ``--resume``). ``cfg.batch_size`` is the global batch.
+    Returns the model on ``ctx.device``, the per-step losses and ``mask_fallbacks`` (images whose
+    vegetation mask fell back to the whole image, counted over the first epoch)."""
+    from agri_ext.datamodule import CLAWSDataModule
+    from agri_ext.task import CLAWSTask
+    from plugins.engine import LossRecorder, fit
+
+    if ctx.engine.devices > 1 and cfg.batch_size < ctx.engine.devices:
+        raise UserInputError(
+            f"batch_size {cfg.batch_size} is smaller than the {ctx.engine.devices} processes; "
+            "each needs at least one image of every batch."
+        )
+    fields = {f: getattr(cfg, f) for f in CLAWSTask.config_fields()}
+    torch.manual_seed(seed)
+    task = CLAWSTask(in_channels=train_set.images.shape[1], **fields)
+    data = CLAWSDataModule.for_config(train_set, cfg, seed)
+    recorder = LossRecorder(extra=("mask_fallbacks",))
+    fit(ctx, task, data, max_epochs=cfg.epochs, seed=seed, recorder=recorder,
+        resumable=resumable)  # fmt: skip
+    per_epoch = max(1, len(recorder.losses) // max(1, cfg.epochs))
+    fallbacks = float(sum(recorder.extra["mask_fallbacks"][:per_epoch]))
+    return task.model.to(ctx.device), recorder.losses, {"mask_fallbacks": fallbacks}
 
 
 def _config(ctx: RunContext, **base: object) -> CLAWSConfig:
@@ -177,7 +202,7 @@ def run(ctx: RunContext) -> dict[str, float]:
     )
     model, losses, metrics, z = _train_and_score(
         train_set, test_set, cfg, ctx, ctx.seed, crop_branch=cfg.contrast == "within",
-        checkpointer=ctx.checkpointer(stages=("train",)),
+        resumable=True,
     )  # fmt: skip
     ctx.run_dir.save_checkpoint(
         {"model": model.state_dict(), "config": asdict(cfg), "classes": train_set.classes}

@@ -145,6 +145,7 @@ class CLAWSTask(ContrastiveImageTask):
             min_exg=self.hparams.min_exg,
             min_fraction=self.hparams.min_mask_fraction,
         )
+        self.last_fallbacks = float(fallbacks)
         if log and self._trainer is not None:
             self.log(
                 "mask_fallbacks",
@@ -191,12 +192,14 @@ class CLAWSTask(ContrastiveImageTask):
         gather = self.gather()
         if self.homogeneous and labels is not None:
             self._check_homogeneous(labels, gather)
+        self.last_fallbacks = 0.0
         m = self.hard_masks(x, masks, log=True) if cfg.mask == "pixel" else None
         x_i, x_c = self.views(x, m)
         loss = self.model(x_i, x_c, labels, gather_distributed=gather)
         if self._trainer is not None:
             self.log("train_loss", loss, prog_bar=True, batch_size=x.shape[0])
-        return {"loss": loss}
+        # images of this batch whose vegetation mask fell back to the whole image
+        return {"loss": loss, "mask_fallbacks": torch.tensor(self.last_fallbacks)}
 
     def collapse_features(self, batch: Any, on: str = "representation") -> torch.Tensor:
         """Hook for :class:`plugins.monitoring.CollapseMonitor`: the ``eval_branch`` encoder's

@@ -166,15 +166,20 @@ def periodic_checkpoint(ctx: RunContext) -> ModelCheckpoint | None:
     )
 
 
-def batches_done_in_epoch(trainer: Trainer) -> int:
-    """Batches of the current epoch a restored trainer has already trained on (0 at an epoch's
-    start): its optimiser steps into the epoch times ``accumulate_grad_batches``."""
+def position(trainer: Trainer) -> tuple[int, int]:
+    """``(epoch, batches done in it)`` of a trainer about to iterate its training data, from its
+    optimiser steps alone (``accumulate_grad_batches`` batches per step).
+
+    The samplers of a resumable fit read this rather than the epoch Lightning passes to
+    ``set_epoch``: a checkpoint written after the last batch of an epoch comes back with that
+    epoch unfinished, and Lightning then starts the next epoch with the previous epoch's number."""
     per_epoch = trainer.num_training_batches
     if not per_epoch or per_epoch == float("inf"):
-        return 0
+        return trainer.current_epoch, 0
     k = trainer.accumulate_grad_batches
     steps_per_epoch = math.ceil(per_epoch / k)
-    return (trainer.global_step % steps_per_epoch) * k
+    epoch, steps = divmod(trainer.global_step, steps_per_epoch)
+    return epoch, steps * k
 
 
 def _accelerator(device: torch.device) -> str:
@@ -237,8 +242,8 @@ def fit(
         trainer = _trainer(
             ctx, settings, all_callbacks, periodic, run_path, max_epochs, max_steps, val_batches
         )
-    if seed is not None and hasattr(datamodule, "skip_batches"):
-        datamodule.skip_batches = lambda: batches_done_in_epoch(trainer)
+    if seed is not None and hasattr(datamodule, "resume_position"):
+        datamodule.resume_position = lambda: position(trainer)
     try:
         sigint = signal.getsignal(signal.SIGINT)
     except ValueError:
@@ -263,8 +268,8 @@ def fit(
             raise hooks.exception from None
         raise KeyboardInterrupt from None
     finally:
-        if hasattr(datamodule, "skip_batches"):
-            datamodule.skip_batches = None
+        if hasattr(datamodule, "resume_position"):
+            datamodule.resume_position = None
     if trainer.global_rank != 0:
         raise WorkerFinished
     if settings.distributed:

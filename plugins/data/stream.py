@@ -377,8 +377,10 @@ class EpochSampler(DistributedSampler):
     wrapping around so every rank gets as many, like ``DistributedSampler``). It subclasses
     ``DistributedSampler`` so that Lightning calls :meth:`set_epoch` and does not replace it.
 
-    ``skip`` (called when an epoch's iteration starts) gives how many of this rank's samples to
-    leave out at the start: a run resumed in the middle of an epoch continues where it stopped.
+    ``position`` (called when an epoch's iteration starts; set by :func:`plugins.engine.fit`) gives
+    the trainer's ``(epoch, batches done)``, which override :meth:`set_epoch`'s epoch: a run
+    resumed in the middle of an epoch continues where it stopped. ``batch_size`` (this rank's)
+    turns batches into samples.
     """
 
     def __init__(
@@ -388,7 +390,7 @@ class EpochSampler(DistributedSampler):
         shuffle: bool = True,
         num_replicas: int = 1,
         rank: int = 0,
-        skip: Callable[[], int] | None = None,
+        position: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         if not 0 <= rank < num_replicas:
             raise UserInputError(f"rank {rank} is outside 0..{num_replicas - 1}.")
@@ -402,7 +404,8 @@ class EpochSampler(DistributedSampler):
         self.drop_last = False
         self.num_samples = math.ceil(self.length / self.num_replicas) if self.length else 0
         self.total_size = self.num_samples * self.num_replicas
-        self.skip = skip
+        self.position = position
+        self.batch_size = 1
 
     def order(self, epoch: int | None = None) -> np.ndarray:
         """The whole epoch's order (all ranks), before the split."""
@@ -412,13 +415,17 @@ class EpochSampler(DistributedSampler):
         return np.arange(self.length)
 
     def __iter__(self) -> Iterator[int]:
+        # a generator: Lightning creates the first epoch's iterator before it restores a
+        # checkpoint's steps, and draws from it only after
+        done = 0
+        if self.position is not None:  # a resumable fit: the trainer's epoch and batches done
+            self.epoch, batches = self.position()
+            done = batches * self.batch_size
         idx = self.order()
         if self.total_size > len(idx) and len(idx):
             idx = np.resize(idx, self.total_size)  # repeats from the start
         mine = idx[self.rank : self.total_size : self.num_replicas]
-        if self.skip is not None:  # a resumed epoch: the samples this rank has already seen
-            mine = mine[self.skip() :]
-        return iter(mine.tolist())
+        yield from mine[done:].tolist()
 
     def __len__(self) -> int:
         return self.num_samples
@@ -496,8 +503,8 @@ class _ImageDataModule(pl.LightningDataModule):
         self.train_dataset = None
         self.val_dataset = None
         self.classes: list[str] = []
-        #: set by :func:`plugins.engine.fit`: batches of the current epoch already trained on
-        self.skip_batches: Callable[[], int] | None = None
+        #: set by :func:`plugins.engine.fit`: the trainer's (epoch, batches done in it)
+        self.resume_position: Callable[[], tuple[int, int]] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -505,12 +512,9 @@ class _ImageDataModule(pl.LightningDataModule):
 
     def _loader(self, ds: Dataset, train: bool) -> DataLoader:
         world, rank = _world()
-        skip = (
-            (lambda: self.skip_batches() * self.batch_size if self.skip_batches else 0)
-            if train
-            else None
-        )
-        sampler = EpochSampler(len(ds), self.seed, self.shuffle and train, world, rank, skip)
+        position = (lambda: self.resume_position()) if train and self.resume_position else None
+        sampler = EpochSampler(len(ds), self.seed, self.shuffle and train, world, rank, position)
+        sampler.batch_size = self.batch_size
         cls = _CheckedLoader if isinstance(ds, StreamImageDataset) else DataLoader
         return cls(
             ds,
