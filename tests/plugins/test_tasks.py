@@ -8,9 +8,9 @@
 3. ``fast_dev_run`` fits each task with :class:`plugins.monitoring.CollapseMonitor` attached.
 
 ``torch.nn.SyncBatchNorm`` refuses CPU tensors (torch 2.x: "expected input tensor to be on GPU"), so
-the DDP test synchronises BN with :class:`_GlobalBatchNorm2d` below: the global batch mean and
-variance, all-reduced with gradient through :func:`plugins.distributed.gather`, exactly what
-``SyncBatchNorm`` computes on GPUs.
+the DDP test synchronises BN with :func:`plugins.distributed.convert_global_batchnorm`: the global
+batch mean and variance, all-reduced with gradient, exactly what ``SyncBatchNorm`` computes on GPUs
+(the engine's ``GlobalBatchNormSync`` applies it under ``--strategy ddp``).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, TensorDataset
 
-from plugins import distributed as D
 from plugins.data import load_digits
+from plugins.distributed import convert_global_batchnorm
 from plugins.methods.directclr.task import DirectCLRTask
 from plugins.methods.simclr.task import SimCLRTask
 from plugins.monitoring import CollapseMonitor
@@ -44,53 +44,6 @@ class _FixedViews(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return x, 0.9 * x.flip(-1) + 0.05
-
-
-class _GlobalBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics are those of the global batch over all ranks
-    (SyncBatchNorm semantics, on any device): two all-reduces with gradient, the mean, then the
-    biased variance; running statistics get the global unbiased variance."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and D.is_distributed()):
-            return super().forward(x)
-        dims = (0, 2, 3)
-        local = torch.tensor([x.numel() // x.shape[1]], dtype=x.dtype)
-        count = D.gather_no_grad(local).sum()
-        mean = D.gather(x.sum(dims)[None]).sum(0) / count
-        xc = x - mean[None, :, None, None]
-        var = D.gather((xc * xc).sum(dims)[None]).sum(0) / count
-        y = xc * torch.rsqrt(var + self.eps)[None, :, None, None]
-        if self.affine:
-            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
-        if self.track_running_stats:
-            with torch.no_grad():
-                m = self.momentum
-                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-                self.running_var.mul_(1 - m).add_(var.detach() * count / (count - 1), alpha=m)
-                self.num_batches_tracked.add_(1)
-        return y
-
-
-def _sync_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace every BatchNorm2d by :class:`_GlobalBatchNorm2d`, keeping its parameters and
-    buffers (as ``SyncBatchNorm.convert_sync_batchnorm`` does)."""
-    for name, child in module.named_children():
-        if type(child) is nn.BatchNorm2d:
-            bn = _GlobalBatchNorm2d(
-                child.num_features,
-                child.eps,
-                child.momentum,
-                child.affine,
-                child.track_running_stats,
-            )
-            bn.weight, bn.bias = child.weight, child.bias
-            bn.running_mean, bn.running_var = child.running_mean, child.running_var
-            bn.num_batches_tracked = child.num_batches_tracked
-            setattr(module, name, bn)
-        else:
-            _sync_batchnorm(child)
-    return module
 
 
 class _Step(nn.Module):
@@ -140,7 +93,7 @@ def _ddp_worker(rank: int) -> dict:
         for variant in VARIANTS:
             task = _task(method, gather=variant != "no_gather")
             if variant != "local_bn":
-                _sync_batchnorm(task.model)
+                convert_global_batchnorm(task.model)
             step = DistributedDataParallel(_Step(task))
             _one_step(task, step, (x[part], y[part]))
             out[method, variant] = _state(task)
