@@ -17,6 +17,21 @@ features, as the reference code does. Usage::
 
 Sizes above Cora's 2,708 nodes sample from CiteSeer (3,327 nodes). Not a test: no timed asserts.
 
+``--scaling`` adds the cost-against-size items of issue #23 (each measured in a fresh child
+process, so its peak memory is its own; the peak is the resident set's high-water mark, reset by
+``/proc/self/clear_refs`` after the graph is loaded, so it counts what the measured step adds):
+
+* epoch time and peak memory at subgraph sizes ``--scaling-sizes`` (500, 3,000, 10,000) on
+  Coauthor-Physics with the authors' Physics configuration, ours beside the literal epoch where
+  the literal one's dense n x n matrices fit in ``--max-literal-gb``, and beside the floor;
+* full-graph embedding time and peak memory on the four Amazon / Coauthor graphs: ours (sparse
+  features, sparse adjacency) beside the literal dense one (dense features, dense N x N
+  adjacency) where that fits;
+* power-law exponents fitted by least squares in log-log: epoch time and memory against subgraph
+  nodes, embedding time and memory against nodes and against edges.
+
+Usage: ``OMP_NUM_THREADS=1 python benchmarks/graph.py --scaling [--scaling-sizes 500 3000]``.
+
 It also prints a **floor**: the dense products that any implementation of the epoch must compute
 (:func:`dense_macs_lower_bound`, counted from the algorithm, not from our code) divided by this
 machine's dense GEMM rate measured in the same run. ``literal / floor`` is the largest speed-up any
@@ -173,15 +188,195 @@ def time_epochs(fn, data, size: int, epochs: int, seed: int) -> float:
     return (time.perf_counter() - start) / epochs
 
 
+LARGE_GRAPHS = ("amazon-photo", "amazon-computers", "coauthor-cs", "coauthor-physics")
+
+
+def _rss_mb(field: str) -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process in MB, from /proc/self/status."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _reset_peak() -> bool:
+    """Reset this process's peak-RSS mark (Linux ``clear_refs`` 5); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _measure(
+    task: str, name: str, size: int, literal: bool, seed: int, repeats: int, queue
+) -> None:
+    """Child process: load ``name``, reset the peak, time ``task`` (best of ``repeats``), report
+    (seconds, extra MB, peak MB)."""
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(1)
+    from graph_ext.train import embed_graph
+
+    data = prepare_graph(load_graph(name)[0])
+    cfg = config_for(name, sample_size=size or None)
+    torch.manual_seed(seed)
+    model = ARIEL(data.x.shape[1], cfg)
+    if task == "epoch":
+        torch.manual_seed(seed + 1)
+        nodes, edge_index, x = sample_subgraph(data, size)
+        features = sparse_features(data.x) if not literal else None
+        if literal:  # the reference path multiplies the dense feature rows
+            x = x.clone()
+    base = _rss_mb("VmRSS")
+    ok = _reset_peak()
+    seconds = math.inf
+    for _ in range(repeats):  # best of ``repeats``: the machine is shared
+        start = time.perf_counter()
+        if task == "epoch":
+            opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            fn = literal_epoch if literal else ours_training_loss
+            loss = fn(model, edge_index, x, nodes, features)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        else:
+            embed_graph(model, data, dense=literal)
+        seconds = min(seconds, time.perf_counter() - start)
+    peak = _rss_mb("VmHWM")
+    queue.put((seconds, (peak - base) if ok else float("nan"), peak))
+
+
+def measure(
+    task: str, name: str, size: int = 0, literal: bool = False, seed: int = 0, repeats: int = 1
+):
+    """(seconds, extra peak MB over the loaded graph, total peak MB) of one ``task`` in a child."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_measure, args=(task, name, size, literal, seed, repeats, queue))
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0:
+        print(f"  ({task} {name} {size or ''} literal={literal}: child exit {proc.exitcode})")
+        return (float("nan"),) * 3
+    return queue.get()
+
+
+def fit_exponent(xs, ys) -> float:
+    """Least-squares slope of log(y) against log(x): y ~ x^slope."""
+    import numpy as np
+
+    xs, ys = np.log(np.asarray(xs, float)), np.log(np.asarray(ys, float))
+    ok = np.isfinite(ys)
+    if ok.sum() < 2:
+        return float("nan")
+    return float(np.polyfit(xs[ok], ys[ok], 1)[0])
+
+
+def literal_gb(task: str, n: int) -> float:
+    """Rough GB of the literal path's dense n x n float32 matrices (about 12 live at once in an
+    epoch's PGD step and its backward, 5 for the full-graph embedding: A, A + I, I, and the
+    two scalings)."""
+    return (12 if task == "epoch" else 5) * n * n * 4 / 1e9
+
+
+def scaling(args) -> None:
+    if "epoch" in args.scaling_parts:
+        scaling_epochs(args)
+    if "embed" in args.scaling_parts:
+        scaling_embedding(args)
+
+
+def scaling_epochs(args) -> None:
+    print("\n== epoch cost against subgraph size: coauthor-physics, authors' Physics configuration")
+    data = prepare_graph(load_graph("coauthor-physics")[0])
+    cfg = config_for("coauthor-physics")
+    rate = gemm_rate(min(args.scaling_sizes), data.x.shape[1], 2 * cfg.hidden)
+    print(
+        f"{'nodes':>6} {'ours s':>8} {'ours MB':>8} {'literal s':>10} {'literal MB':>11}"
+        f" {'floor s':>8}"
+    )
+    ours_t, ours_m = [], []
+    for size in args.scaling_sizes:
+        reps = 3 if size <= 1000 else 1  # best of 3 where an epoch is short (first one warms up)
+        t, mb, _ = measure("epoch", "coauthor-physics", size, seed=args.seed, repeats=reps)
+        if literal_gb("epoch", size) <= args.max_literal_gb:
+            lt, lmb, _ = measure(
+                "epoch", "coauthor-physics", size, literal=True, seed=args.seed, repeats=reps
+            )
+            lit = f"{lt:>10.2f} {lmb:>11.0f}"
+        else:
+            lit = f"{'(~' + format(literal_gb('epoch', size), '.0f') + ' GB)':>10} {'skipped':>11}"
+        floor = dense_macs_lower_bound(size, data.x.shape[1], cfg) / rate
+        ours_t.append(t)
+        ours_m.append(mb)
+        print(f"{size:>6} {t:>8.2f} {mb:>8.0f} {lit} {floor:>8.2f}", flush=True)
+    print(
+        f"exponents (ours): time ~ n^{fit_exponent(args.scaling_sizes, ours_t):.2f}, "
+        f"peak memory ~ n^{fit_exponent(args.scaling_sizes, ours_m):.2f}"
+    )
+
+
+def scaling_embedding(args) -> None:
+    print(
+        "\n== full-graph embedding (test time), untrained model, authors' configuration per graph"
+    )
+    print(
+        f"{'graph':>17} {'nodes':>6} {'edges':>7} {'features':>8} {'ours s':>7} {'ours MB':>8}"
+        f" {'peak RSS MB':>11} {'literal s':>10} {'literal MB':>11}"
+    )
+    rows = []
+    for name in LARGE_GRAPHS:
+        g = prepare_graph(load_graph(name)[0])
+        n, e, f = g.num_nodes, g.edge_index.shape[1], g.x.shape[1]
+        t, mb, peak = measure("embed", name, seed=args.seed, repeats=3)
+        if literal_gb("embed", n) + n * f * 4 / 1e9 <= args.max_literal_gb:
+            lt, lmb, _ = measure("embed", name, literal=True, seed=args.seed)
+            lit = f"{lt:>10.2f} {lmb:>11.0f}"
+        else:
+            lit = f"{'(~' + format(literal_gb('embed', n), '.0f') + ' GB)':>10} {'skipped':>11}"
+        rows.append((n, e, t, mb))
+        print(
+            f"{name:>17} {n:>6} {e:>7} {f:>8} {t:>7.2f} {mb:>8.0f} {peak:>11.0f} {lit}", flush=True
+        )
+    ns, es, ts, ms = zip(*rows, strict=True)
+    print(
+        f"exponents (ours): time ~ N^{fit_exponent(ns, ts):.2f} ~ E^{fit_exponent(es, ts):.2f}, "
+        f"peak memory ~ N^{fit_exponent(ns, ms):.2f} ~ E^{fit_exponent(es, ms):.2f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[500, 3000])
+    parser.add_argument(
+        "--scaling", action="store_true", help="cost against size on the larger graphs (issue #23)"
+    )
+    parser.add_argument(
+        "--only-scaling", action="store_true", help="skip the Cora / CiteSeer comparison"
+    )
+    parser.add_argument("--scaling-sizes", type=int, nargs="+", default=[500, 3000, 10000])
+    parser.add_argument(
+        "--scaling-parts", nargs="+", choices=("epoch", "embed"), default=["epoch", "embed"]
+    )
+    parser.add_argument(
+        "--max-literal-gb",
+        type=float,
+        default=6.0,
+        help="skip the literal path where its dense n x n matrices would need more",
+    )
     parser.add_argument(
         "--epochs", type=int, default=None, help="timed epochs (3 up to 1,000 nodes, else 1)"
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     warnings.simplefilter("ignore")
+    if args.only_scaling:
+        scaling(args)
+        return
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, Cora configuration (h=128, T=5)"
     )
@@ -204,6 +399,8 @@ def main() -> None:
             f" {floor:>14.3f} {literal / floor:>12.1f}x",
             flush=True,
         )
+    if args.scaling:
+        scaling(args)
 
 
 if __name__ == "__main__":

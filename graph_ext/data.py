@@ -24,8 +24,17 @@ from plugins.data import check_finite, shared_data_dir
 from plugins.data.loaders import ENV_VAR
 from plugins.errors import UserInputError
 
-__all__ = ["load_graph", "prepare_graph", "art_philo_science", "PYG_DATASETS", "pyg_cache_dir"]
+__all__ = [
+    "load_graph",
+    "prepare_graph",
+    "art_philo_science",
+    "read_npz_sparse",
+    "PYG_DATASETS",
+    "pyg_cache_dir",
+]
 
+# Sparse features with at most this fraction of non-zeros stay sparse (see prepare_graph).
+SPARSE_MAX_DENSITY = 0.1
 # The PyG data sets of ARIEL's Table 3 (beside the Planetoid ones of Table 2).
 PYG_DATASETS = {k: v for k, v in PYG_GRAPHS.items() if v[0] != "Planetoid"}
 
@@ -84,10 +93,51 @@ def _raw_file_names(key: str) -> list[str]:
     return []
 
 
+def read_npz_sparse(path: Path) -> Data:
+    """A Shchur et al. (2018) ``.npz`` graph (Amazon, Coauthor) with its features kept sparse.
+
+    Same result as PyG's ``read_npz`` (features binarised, self-loops removed, edges made
+    undirected) except that ``x`` is a sparse CSR tensor: PyG densifies it (1.1 GB for
+    Coauthor-Physics). Read with ``allow_pickle=False``; nothing is written.
+    """
+    from torch_geometric.utils import remove_self_loops, to_undirected
+
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            shape = tuple(int(s) for s in f["attr_shape"])
+            crow = torch.from_numpy(f["attr_indptr"].astype(np.int64))
+            col = torch.from_numpy(f["attr_indices"].astype(np.int64))
+            values = torch.from_numpy((f["attr_data"] > 0).astype(np.float32))
+            adj_crow = f["adj_indptr"].astype(np.int64)
+            adj_col = torch.from_numpy(f["adj_indices"].astype(np.int64))
+            y = torch.from_numpy(f["labels"].astype(np.int64))
+    except (OSError, ValueError, KeyError, EOFError) as e:
+        raise UserInputError(
+            f"graph file {path} is not a readable Amazon/Coauthor .npz ({str(e)[:100]})."
+        ) from None
+    row = torch.from_numpy(np.repeat(np.arange(len(adj_crow) - 1), np.diff(adj_crow)))
+    edge_index, _ = remove_self_loops(torch.stack([row, adj_col]))
+    edge_index = to_undirected(edge_index, num_nodes=shape[0])
+    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+        warnings.simplefilter("ignore", UserWarning)
+        x = torch.sparse_csr_tensor(crow, col, values, shape)
+    return Data(x=x, edge_index=edge_index, y=y, num_nodes=shape[0])
+
+
 def _from_raw(key: str, raw_dir: Path) -> Data:
-    """PyG data set ``key`` processed from the raw files in ``raw_dir`` (copied to a temporary root
-    first, so the shared or user folder is never written to); never downloads."""
+    """PyG data set ``key`` from the raw files in ``raw_dir``. Amazon / Coauthor ``.npz`` files are
+    read directly with sparse features (:func:`read_npz_sparse`); the Planetoid ones are processed
+    by PyG in a temporary copy, so the shared or user folder is never written to. Never downloads."""
     pyg_name = PYG_GRAPHS[key][1]
+    if key in PYG_DATASETS and PYG_GRAPHS[key][0] in ("Amazon", "Coauthor"):
+        names = _raw_file_names(key)
+        missing = [n for n in names if not (raw_dir / n).is_file()]
+        if missing:
+            raise UserInputError(
+                f"{raw_dir} lacks raw file(s) {', '.join(missing)} of data set '{key}' "
+                f"(PyG {PYG_GRAPHS[key][0]} {pyg_name})."
+            )
+        return read_npz_sparse(raw_dir / names[0])
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copytree(raw_dir, Path(tmp) / pyg_name / "raw")
         try:
@@ -106,6 +156,8 @@ def _named_pyg(key: str, download: bool, data_flag: bool = True) -> Data:
     family, pyg_name = PYG_GRAPHS[key]
     shared = shared_data_dir(required=False)
     shared_raw = None if shared is None else shared / family.lower() / pyg_name / "raw"
+    if shared is not None and family != "Planetoid" and not shared_raw.is_dir():
+        shared_raw = shared / "graphs" / family.lower() / pyg_name / "raw"  # ../shared/data/graphs
     if shared_raw is not None and shared_raw.is_dir():
         return _from_raw(key, shared_raw)
     cache = pyg_cache_dir() / family.lower()
@@ -119,7 +171,8 @@ def _named_pyg(key: str, download: bool, data_flag: bool = True) -> Data:
     where = (
         f"{shared_raw} (in the shared data folder; set {ENV_VAR} to use another)"
         if shared_raw is not None
-        else f"${ENV_VAR}/{family.lower()}/{pyg_name}/raw (set {ENV_VAR} to the shared data folder)"
+        else f"${ENV_VAR}/{'' if family == 'Planetoid' else 'graphs/'}{family.lower()}/{pyg_name}/raw "
+        f"(set {ENV_VAR} to the shared data folder)"
     )
     folder = f"pass --data FOLDER holding {pyg_name}/raw, " if data_flag else ""
     raise UserInputError(
@@ -233,14 +286,24 @@ def load_graph(
     )
 
 
+def _isolated_only(n: int, edge_index: torch.Tensor) -> bool:
+    return n > 1 and (edge_index.numel() == 0 or bool((edge_index[0] == edge_index[1]).all()))
+
+
 def prepare_graph(data: Data, normalize_features: bool = False) -> Data:
     """Check and clean a graph for training.
 
     * edges must be (2, E) integer ids in ``[0, N)`` (:class:`UserInputError` otherwise);
+    * a graph of two or more nodes without any edge between distinct nodes (isolated nodes only)
+      -> :class:`UserInputError`: a GCN has nothing to propagate and the views nothing to drop;
     * no features -> identity features (N, N), with a warning;
     * NaN / infinite features -> :class:`UserInputError`;
+    * sparse (COO/CSR) features at most :data:`SPARSE_MAX_DENSITY` non-zero stay sparse (CSR):
+      Coauthor-Physics' 34,493 x 8,415 would be 1.2 GB dense; the sampler selects the rows of each
+      subgraph. Denser ones (Amazon's, 35%) are made dense;
     * the graph is made undirected and self-loops are dropped (the attack flips symmetric pairs);
     * isolated nodes are kept (they get a self-loop in the GCN normalisation);
+    * labels below 0 mark unlabelled nodes (left out of the evaluation and counted there);
     * ``normalize_features`` divides each row by its sum (PyG ``NormalizeFeatures`` arithmetic).
     """
     from torch_geometric.utils import remove_self_loops, to_undirected
@@ -261,18 +324,55 @@ def prepare_graph(data: Data, normalize_features: bool = False) -> Data:
             f"edge_index points outside the node range: ids span [{int(edge_index.min())}, "
             f"{int(edge_index.max())}] but the graph has {n} nodes (ids 0..{n - 1})."
         )
+    if _isolated_only(n, edge_index):
+        raise UserInputError(
+            f"the graph's {n} nodes are all isolated (no edge between two distinct nodes); "
+            "ARIEL/GRACE need edges to propagate over and to drop."
+        )
     x = data.x
     if x is None:
         warnings.warn(
             f"the graph has no node features; using identity features ({n} x {n}).", stacklevel=2
         )
         x = torch.eye(n)
-    x = check_finite(x.float(), "node features x")
-    if normalize_features:
-        x = x - x.min()  # same arithmetic as PyG's NormalizeFeatures
-        x = x / x.sum(1, keepdim=True).clamp_min(1.0)
+    if x.layout != torch.strided:
+        x = _prepare_sparse(x, normalize_features)
+        if x.values().numel() > SPARSE_MAX_DENSITY * x.shape[0] * x.shape[1]:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                x = x.to_dense()  # e.g. Amazon-Photo, 35% non-zero: dense products are faster
+    else:
+        x = check_finite(x.float(), "node features x")
+        if normalize_features:
+            x = x - x.min()  # same arithmetic as PyG's NormalizeFeatures
+            x = x / x.sum(1, keepdim=True).clamp_min(1.0)
     edge_index = to_undirected(remove_self_loops(edge_index.long())[0], num_nodes=n)
     y = data.y
     if y is not None and y.shape[0] != n:
         raise UserInputError(f"y has {y.shape[0]} labels but the graph has {n} nodes.")
     return Data(x=x, edge_index=edge_index, y=y, num_nodes=n)
+
+
+def _prepare_sparse(x: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """Sparse features as float32 CSR, checked finite, optionally row-normalised (sparsely)."""
+    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+        warnings.simplefilter("ignore", UserWarning)
+        x = x.to(torch.float32)
+        x = x if x.layout == torch.sparse_csr else x.coalesce().to_sparse_csr()
+        values = check_finite(x.values(), "node features x")
+        if normalize:
+            lowest = min(float(values.min()), 0.0) if values.numel() else 0.0
+            if lowest < 0:
+                raise UserInputError(
+                    "--set normalize_features=true needs non-negative sparse features "
+                    f"(the smallest is {lowest}); densify them or leave the features raw."
+                )
+            crow = x.crow_indices()
+            counts = crow[1:] - crow[:-1]
+            sums = torch.zeros(x.shape[0]).index_add_(
+                0, torch.repeat_interleave(torch.arange(x.shape[0]), counts), values
+            )
+            values = values / sums.clamp_min(1.0).repeat_interleave(counts)
+        return torch.sparse_csr_tensor(
+            x.crow_indices(), x.col_indices(), values, tuple(x.shape), check_invariants=False
+        )

@@ -47,13 +47,13 @@ class GCNEncoder(nn.Module):
     Args:
         in_dim: feature width F.
         hidden: h.
-        activation: ``"relu"`` or ``"prelu"`` (one single-slope PReLU per layer).
+        activation: ``"relu"``, ``"prelu"`` (one single-slope PReLU per layer) or ``"rrelu"``.
     """
 
     def __init__(self, in_dim: int, hidden: int, activation: str = "relu"):
         super().__init__()
         self.layers = nn.ModuleList([GCNLayer(in_dim, 2 * hidden), GCNLayer(2 * hidden, hidden)])
-        make = nn.PReLU if activation == "prelu" else nn.ReLU
+        make = {"prelu": nn.PReLU, "rrelu": nn.RReLU}.get(activation, nn.ReLU)
         self.acts = nn.ModuleList([make(), make()])
 
     def forward(self, x: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:

@@ -49,12 +49,12 @@ def test_help_lists_every_key_with_its_default(capsys) -> None:
     assert main(["run", "ariel", "--help"]) == 0
     text = capsys.readouterr().out
     for line in (
-        "train_ratio=0.1 on graphs of 200+ nodes (the paper's), else 0.5",
-        "lr=0.0005 (citeseer: 0.001)",
+        "train_ratio=0.1 on graphs of 200+ labelled nodes (the paper's), else 0.5",
+        "lr=0.0005 (citeseer: 0.001, amazon-computers: 0.01, amazon-photo: 0.1, ",
         "sample_size=500  (an integer or none; >= 2)",
-        "drop_edge=0.2,0.4 (citeseer: 0.2,0.0)",
+        "drop_edge=0.2,0.4 (citeseer: 0.2,0.0, amazon-computers: 0.6,0.3, ",
         "splits=20 (5 with --demo)",
-        "eps=0.5 (citeseer: 1.0)",
+        "eps=0.5 (citeseer: 1.0, amazon-computers: 1.0, coauthor-cs: 2.0, ",
         "download=false",
         "dataset=art_philo_science",
     ):
@@ -73,7 +73,7 @@ def test_help_lists_every_key_with_its_default(capsys) -> None:
         ("ariel", ["--set", "sample_size=1"], "--set sample_size=1: expected at least 2."),
         ("ariel", ["--set", "attack_steps=0"], "--set attack_steps=0: expected at least 1."),
         ("ariel", ["--set", "drop_edge=0.1"], "--set drop_edge=0.1: expected 2 comma-separated"),
-        ("ariel", ["--set", "activation=tanh"], "expected one of relu, prelu."),
+        ("ariel", ["--set", "activation=tanh"], "expected one of relu, prelu, rrelu."),
         (
             "ariel",
             ["--set", "lrr=0.1"],
@@ -97,8 +97,10 @@ def test_bad_input_is_one_sentence_without_a_run_folder(
 
 def test_reproduce_refuses_data_and_unknown_data_sets(capsys, tmp_path) -> None:
     out = tmp_path / "runs"
-    code, _, err = _cli(capsys, out, "reproduce", "ariel", "--data", "cora")
-    assert "reproduce ariel takes no --data" in _one_sentence(code, err, out)
+    code, _, err = _cli(
+        capsys, out, "reproduce", "ariel", "--data", "cora", "--set", "datasets=citeseer"
+    )
+    assert "both name the graphs; give one." in _one_sentence(code, err, out)
     code, _, err = _cli(capsys, out, "reproduce", "ariel", "--set", "datasets=cora,cifar")
     assert "--set datasets=cora,cifar: expected one of" in _one_sentence(code, err, out)
 
@@ -134,8 +136,8 @@ def no_network(monkeypatch, tmp_path):
         ("cora", "planetoid/Cora/raw", "ind.cora.x"),
         ("citeseer", "planetoid/CiteSeer/raw", "ind.citeseer.graph"),
         ("pubmed", "planetoid/PubMed/raw", "ind.pubmed.test.index"),
-        ("amazon-photo", "amazon/Photo/raw", "amazon_electronics_photo.npz"),
-        ("coauthor-cs", "coauthor/CS/raw", "ms_academic_cs.npz"),
+        ("amazon-photo", "graphs/amazon/Photo/raw", "amazon_electronics_photo.npz"),
+        ("coauthor-cs", "graphs/coauthor/CS/raw", "ms_academic_cs.npz"),
     ],
 )
 def test_named_data_set_absent_is_one_sentence_and_never_downloaded(
