@@ -283,7 +283,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_fit(args: argparse.Namespace) -> int:
     from plugins.engine import lightning_cli
 
-    return lightning_cli(args.args)
+    try:
+        return lightning_cli(args.args)
+    except SystemExit as e:  # LightningCLI's --help and --print_config end with an exit
+        return int(e.code or 0)
 
 
 def _predict_methods() -> dict[str, MethodSpec]:
@@ -489,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     import signal
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["fit"] and argv[1:] not in ([], ["-h"], ["--help"]):
+    if argv[:1] == ["fit"]:
         # everything after 'fit' belongs to LightningCLI, options included
         args = argparse.Namespace(func=cmd_fit, args=argv[1:], no_progress=False)
     else:

@@ -57,3 +57,9 @@ def test_bad_fit_input_is_one_sentence(tmp_path, capsys, monkeypatch, extra, say
     assert main(["fit", "--config", str(config), *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert says in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_fit_help_is_lightning_clis(capsys):
+    assert main(["fit", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--trainer.strategy" in out and "--config" in out
