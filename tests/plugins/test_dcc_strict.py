@@ -187,3 +187,113 @@ def test_sigint_keeps_checkpoint_and_resume_reaches_uninterrupted_synthetic_set(
     assert json.loads((resumed_dir / "metrics.json").read_text())["status"] == "completed"
     # the resumed run went on condensing from the checkpoint's images
     assert not torch.equal(a.images, state["objects"]["images"]["images"].flatten(0, 1))
+
+
+# ----------------------------------------------------------------------------- --precision (#20)
+
+
+def _short(out: Path, *extra: str) -> list[str]:
+    """A 2-outer-iteration run: one DC iteration (warm-up), then DCC steps."""
+    return _args(out, "--epochs", "2", "--set", "warmup_outer=1", *extra)
+
+
+def _run_files(out: Path) -> tuple[SyntheticSet, dict]:
+    run_dir = next(out.glob("dcc-*"))
+    return SyntheticSet.load(run_dir / "synthetic.pt"), json.loads(
+        (run_dir / "metrics.json").read_text()
+    )
+
+
+def test_bf16_mixed_runs_the_networks_in_bf16_and_keeps_losses_and_images_float32(
+    tmp_path, monkeypatch, _keep_threads
+):
+    import torch.nn.functional as F
+    import yaml
+
+    import plugins.methods.dcc.match as match
+    from plugins.cli import main
+    from plugins.methods.dcc import ConvNet
+    from plugins.methods.dcc.run import _load
+
+    forward, ce, distance = ConvNet.forward, F.cross_entropy, match.gradient_match_distance
+    seen: dict[str, list] = {"forward": [], "ce": [], "distance": []}
+
+    def spy_forward(self, x):
+        out = forward(self, x)
+        seen["forward"].append((out.dtype, torch.is_autocast_enabled("cpu")))
+        return out
+
+    def spy_ce(logits, *args, **kwargs):
+        loss = ce(logits, *args, **kwargs)
+        seen["ce"].append((logits.dtype, loss.dtype, torch.is_autocast_enabled("cpu")))
+        return loss
+
+    def spy_distance(g_syn, g_real, *args, **kwargs):
+        d = distance(g_syn, g_real, *args, **kwargs)
+        dtypes = {g.dtype for g in (*g_syn, *g_real)}
+        seen["distance"].append((dtypes, d.dtype, torch.is_autocast_enabled("cpu")))
+        return d
+
+    monkeypatch.setattr(ConvNet, "forward", spy_forward)
+    monkeypatch.setattr(F, "cross_entropy", spy_ce)
+    monkeypatch.setattr(match, "gradient_match_distance", spy_distance)
+    assert main(_short(tmp_path / "bf16", "--precision", "bf16-mixed")) == 0
+    syn, metrics = _run_files(tmp_path / "bf16")
+
+    # the networks ran under autocast in bfloat16 (condensation, network updates, evaluation)
+    amp = [dtype for dtype, on in seen["forward"] if on]
+    assert len(amp) > 20 and set(amp) == {torch.bfloat16}
+    # ... yet every loss and the matching distance computed in float32, outside autocast
+    assert len(seen["ce"]) > 20
+    assert all(x == loss == torch.float32 and not on for x, loss, on in seen["ce"])
+    # 2 outer iterations x 2 image updates: 1 DC iteration (one distance per class), then DCC
+    assert len(seen["distance"]) == 2 * 10 + 2
+    assert all(g == {torch.float32} and d == torch.float32 for g, d, _ in seen["distance"])
+    assert not any(on for *_, on in seen["distance"])
+    # the condensed images stay float32 and moved away from their initial real images
+    train, _, _ = _load(None, 8)
+    start = condense(train, 1, "random", seed=0)
+    assert syn.images.dtype == torch.float32 and syn.images.shape == start.images.shape
+    assert (syn.images - start.images).abs().max() > 1e-3
+    assert torch.isfinite(syn.images).all()
+    assert metrics["status"] == "completed" and 0.0 <= metrics["acc_mean"] <= 1.0
+    assert metrics["contrastive_steps"] == 2.0
+    config = yaml.safe_load(next((tmp_path / "bf16").glob("dcc-*/config.yaml")).read_text())
+    assert config["command"]["precision"] == "bf16-mixed"
+
+
+def test_default_precision_is_bit_identical_to_32_true(tmp_path, _keep_threads):
+    from plugins.cli import main
+
+    assert main(_short(tmp_path / "default")) == 0
+    assert main(_short(tmp_path / "fp32", "--precision", "32-true")) == 0
+    (a, ma), (b, mb) = _run_files(tmp_path / "default"), _run_files(tmp_path / "fp32")
+    assert torch.equal(a.images, b.images) and a.losses == b.losses
+    keys = ("acc_mean", "random_acc_mean", "final_matching_loss", "kernel_velocity_last")
+    assert {k: ma[k] for k in keys} == {k: mb[k] for k in keys}
+    # a no-op context around the forward passes changes no bit either (library path)
+    import contextlib
+
+    data = _toy()
+    cfg = DCCConfig(batch_real=4, width=4, inner_loops=3, net_epochs=1, batch_train=8)
+    plain = condense(data, 2, "dcc", True, 2, cfg, "cpu", seed=3)
+    wrapped = condense(data, 2, "dcc", True, 2, cfg, "cpu", seed=3, autocast=contextlib.nullcontext)
+    assert torch.equal(plain.images, wrapped.images) and plain.losses == wrapped.losses
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        (["--precision", "64-true"], "dcc does not take --precision 64-true"),
+        (["--precision", "16-mixed"], "--precision 16-mixed needs a CUDA device"),
+        (["--devices", "2"], "dcc does not take --devices"),
+    ],
+)
+def test_precision_it_cannot_run_is_one_sentence(tmp_path, capsys, flag, message):
+    from plugins.cli import main
+
+    out = tmp_path / "runs"
+    assert main(_args(out, *flag)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())

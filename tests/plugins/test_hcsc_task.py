@@ -402,3 +402,51 @@ def test_resume_at_an_epoch_boundary_equals_one_run(tmp_path):
     assert all(
         torch.equal(u, v) for u, v in zip(whole.clusters.centroids, resumed.clusters.centroids)
     )
+
+
+def test_engine_resume_after_an_epochs_last_batch_clusters_the_next_epoch(tmp_path):
+    """A checkpoint written after the warm-up epoch's last batch: Lightning resumes that epoch's
+    number without calling on_train_epoch_start, so the next (clustered) epoch's prototypes come
+    from on_train_batch_start, and clustering there must leave the global RNG (the views) alone.
+    The resumed engine run then equals the uninterrupted one: parameters, queue, prototypes,
+    losses and the selection diagnostics."""
+    import plugins.engine as engine
+    from plugins.data import ImageTensorDataset
+    from plugins.methods.hcsc.run import fit_hcsc
+    from plugins.reporting import RunContext, RunDir
+
+    d = load_digits()
+    train = ImageTensorDataset(d.images[:96], d.labels[:96], d.classes)
+    cfg = HCSCConfig(epochs=2, batch_size=16, warmup_epochs=1, queue_size=32, dim=16,
+                     cluster_sizes=(6, 3), kmeans_iters=5, kmeans_restarts=1, optimizer="adam")  # fmt: skip
+    per_epoch = 96 // 16
+
+    class Stop(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == per_epoch:
+                raise KeyboardInterrupt
+
+    def ctx(name: str, **kwargs) -> RunContext:
+        return RunContext("hcsc", RunDir(path=tmp_path / name), device=torch.device("cpu"),
+                          progress=False, **{"checkpoint_every": (None, None), **kwargs})  # fmt: skip
+
+    whole, hist = fit_hcsc(ctx("whole"), train, cfg)
+    fit = engine.fit
+    try:
+        engine.fit = lambda *a, callbacks=(), **k: fit(*a, callbacks=[*callbacks, Stop()], **k)
+        with pytest.raises(KeyboardInterrupt):
+            fit_hcsc(ctx("cut", checkpoint_every=(1, None)), train, cfg)
+    finally:
+        engine.fit = fit
+    assert load_checkpoint(tmp_path / "cut" / "last.ckpt", "hcsc")["global_step"] == per_epoch
+    resumed, rhist = fit_hcsc(
+        ctx("resumed", resume=str(tmp_path / "cut" / "last.ckpt")), train, cfg
+    )
+    a, b = whole.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # both encoders, heads and the key queue
+    for u, v in zip(hist.clusters.centroids, rhist.clusters.centroids, strict=True):
+        assert torch.equal(u, v)
+    assert rhist.losses == hist.losses and len(hist.losses) == 2 * per_epoch
+    assert rhist.nmi == hist.nmi and len(hist.nmi) == 1
+    assert rhist.fn_removed == hist.fn_removed and rhist.tn_removed == hist.tn_removed
+    assert len(hist.fn_removed) == 1

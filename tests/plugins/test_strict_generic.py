@@ -104,22 +104,37 @@ def test_simclr_sigint_then_resume_reaches_the_uninterrupted_parameters(tmp_path
 
 
 def test_hcsc_sigint_in_a_clustered_epoch_then_resume_is_exact(tmp_path, tiny_digits):
-    from plugins.methods.hcsc import HCSCConfig, train_hcsc
+    """HCSC trains through the engine (HCSCTask under Lightning): interrupted in its clustered
+    epoch, the resumed run ends with the parameters, key queue, prototypes, loss curve and
+    diagnostics of an uninterrupted engine run."""
+    from plugins.methods.hcsc import HCSCConfig
+    from plugins.methods.hcsc.run import fit_hcsc
+    from plugins.reporting import RunContext, RunDir
 
     # epoch 1 is plain MoCo, epoch 2 clusters: interrupting it at step 20 needs its prototypes, the
-    # key queue and the queue-to-prototype cache back
+    # key queue, the queue-to-prototype cache and the selection counts back
     kill = STEPS_PER_EPOCH + 3
     final, run = _kill_and_resume("hcsc", tiny_digits, tmp_path, kill, "--set", "warmup_epochs=1")
+    cut = load_checkpoint(next((tmp_path / "a").glob("*/last.ckpt")), "hcsc")
+    assert "state_dict" in cut and cut["hcsc"]["clusters"] is not None  # Lightning's, clustered
     cfg = HCSCConfig(**final["config"])
     train_set = load_train_test(str(tiny_digits))[0]
+    ctx = RunContext("hcsc", RunDir(path=tmp_path / "ref"), device=torch.device("cpu"),
+                     progress=False, checkpoint_every=(None, None))  # fmt: skip
     with cpu_threads(1):
-        model, hist = train_hcsc(train_set, cfg, "cpu", seed=0, progress=False)
+        model, hist = fit_hcsc(ctx, train_set, cfg)
     assert len(hist.nmi) == 1 and len(hist.losses) == STEPS_PER_EPOCH * EPOCHS
     _assert_same(final["model"], model.state_dict())  # both encoders, heads and the key queue
+    prototypes = final["prototypes"]
+    for name in ("im2cluster", "centroids", "density", "parents"):
+        for a, b in zip(prototypes[name], getattr(hist.clusters, name), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["final_loss"] == pytest.approx(hist.losses[-1], abs=1e-6)
     assert metrics["nmi_level0"] == pytest.approx(hist.nmi[-1])
     assert metrics["false_negatives_removed"] == pytest.approx(hist.fn_removed[-1])
+    assert metrics["true_negatives_removed"] == pytest.approx(hist.tn_removed[-1])
+    assert 0 < metrics["false_negatives_removed"] <= 1
 
 
 class _StopAt(Checkpointer):

@@ -36,9 +36,11 @@ from plugins.methods.dcc.evaluate import (
     kernel_velocity,
 )
 from plugins.methods.dcc.match import (
+    Autocast,
     dc_matching_loss,
     dcc_matching_loss,
     gradient_match_distance,
+    logits,
     loops_for_ipc,
     use_contrastive,
 )
@@ -82,13 +84,14 @@ def _train_net_epochs(
     batch: int,
     dsa_cfg: DSAConfig | None,
     gen: torch.Generator,
+    autocast: Autocast = None,
 ) -> None:
     for _ in range(epochs):
         for idx in torch.randperm(len(x), generator=gen).split(batch):
             xb = x[idx]
             if dsa_cfg is not None:
                 xb = dsa_augment(xb, dsa_cfg, gen)
-            loss = F.cross_entropy(net(xb), y[idx])
+            loss = F.cross_entropy(logits(net, xb, autocast), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -106,6 +109,7 @@ def condense(
     progress: bool = False,
     callback: Callable[[int, SyntheticSet], None] | None = None,
     checkpointer: Checkpointer | None = None,
+    autocast: Autocast = None,
 ) -> SyntheticSet:
     """Condense ``dataset`` into ``ipc`` images per class.
 
@@ -124,6 +128,10 @@ def condense(
             The state is the synthetic images, their optimiser, the generator, the loss history and
             the contrastive-step count; each outer iteration's fresh network is drawn from the global
             torch RNG, which the checkpoint holds too.
+        autocast: a factory of the autocast context of every network forward pass (matching and
+            network updates), e.g. ``lambda: plugins.engine.autocast(ctx)`` for ``--precision
+            bf16-mixed``; the losses and the matching distance stay float32, and so do the
+            synthetic images, the networks' parameters and the optimisers. ``None``: float32.
 
     Returns:
         :class:`SyntheticSet` with images in the normalised space of ``dataset``.
@@ -193,7 +201,7 @@ def condense(
             real = _sample_real(groups, cfg.batch_real, gen)
             contrastive = method == "dcc" and use_contrastive(it, ol, warm_outer, cfg.warmup_inner)
             objective = dcc_matching_loss if contrastive else dc_matching_loss
-            loss = objective(net, real, syn, dsa_cfg, gen)
+            loss = objective(net, real, syn, dsa_cfg, gen, autocast=autocast)
             opt_img.zero_grad(set_to_none=True)
             loss.backward()
             opt_img.step()
@@ -206,7 +214,7 @@ def condense(
                 break  # the last image update needs no further network training
             _train_net_epochs(
                 net, opt_net, syn.detach().flatten(0, 1), y_syn, net_epochs,
-                cfg.batch_train, dsa_cfg, gen,
+                cfg.batch_train, dsa_cfg, gen, autocast,
             )  # fmt: skip
         result.losses.append(total / inner)
         result.contrastive_steps = counts["contrastive_steps"]

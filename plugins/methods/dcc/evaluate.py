@@ -23,6 +23,7 @@ from plugins.data import ImageTensorDataset
 from plugins.losses import full_precision
 from plugins.methods.dcc.data import SyntheticSet
 from plugins.methods.dcc.dsa import DSAConfig, dsa
+from plugins.methods.dcc.match import Autocast, logits
 from plugins.methods.dcc.model import ConvNet
 from plugins.progress import progress_bar
 
@@ -66,7 +67,7 @@ def _augment(x: torch.Tensor, cfg: EvalConfig, gen: torch.Generator) -> torch.Te
     return dsa(x, DSAConfig(), gen) if cfg.dsa else x
 
 
-def _train_vmapped(x, y, models, cfg, gen, progress):
+def _train_vmapped(x, y, models, cfg, gen, progress, autocast: Autocast = None):
     n = len(models)
     params, buffers = stack_module_state(models)
     base = copy.deepcopy(models[0]).to("meta")
@@ -84,7 +85,11 @@ def _train_vmapped(x, y, models, cfg, gen, progress):
     for epoch in range(cfg.epochs):
         for idx in _batches(len(x), cfg.batch_size, gen):
             xb = _augment(x[idx].repeat(n, 1, 1, 1), cfg, gen).view(n, len(idx), *x.shape[1:])
-            out = forward(params, buffers, xb)
+            if autocast is None:
+                out = forward(params, buffers, xb)
+            else:  # on CUDA; on CPU autocast does not reach the vmapped ops (float32, measured)
+                with autocast():
+                    out = forward(params, buffers, xb)
             # sum of the per-model mean losses: each model gets exactly its own gradient
             loss = F.cross_entropy(full_precision(out.flatten(0, 1)), y[idx].repeat(n)) * n
             opt.zero_grad(set_to_none=True)
@@ -104,7 +109,7 @@ def _train_vmapped(x, y, models, cfg, gen, progress):
     return trained
 
 
-def _train_sequential(x, y, models, cfg, gen, progress):
+def _train_sequential(x, y, models, cfg, gen, progress, autocast: Autocast = None):
     total = len(models) * cfg.epochs * _steps_per_epoch(len(x), cfg.batch_size)
     bar = progress_bar(total=total, desc=f"eval {len(models)} ConvNets", show=progress)
     for i, m in enumerate(models):
@@ -114,7 +119,8 @@ def _train_sequential(x, y, models, cfg, gen, progress):
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, [cfg.epochs // 2], 0.1)
         for epoch in range(cfg.epochs):
             for idx in _batches(len(x), cfg.batch_size, gen):
-                loss = F.cross_entropy(full_precision(m(_augment(x[idx], cfg, gen))), y[idx])
+                out = logits(m, _augment(x[idx], cfg, gen), autocast)
+                loss = F.cross_entropy(full_precision(out), y[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -154,6 +160,7 @@ def evaluate_synthetic(
     vectorize: bool | None = None,
     progress: bool = False,
     return_models: bool = False,
+    autocast: Autocast = None,
 ) -> dict[str, float] | tuple[dict[str, float], list[ConvNet]]:
     """Train ``n_models`` fresh ConvNets on ``synthetic`` and test them on ``test_set``.
 
@@ -166,6 +173,11 @@ def evaluate_synthetic(
             ``None``: vmapped on CUDA, a loop on CPU, where vmapped convolutions become grouped
             convolutions that ran ~1.3x slower in ``benchmarks/dcc.py``).
         return_models: also return the trained networks (on ``device``).
+        autocast: a factory of the autocast context of the training forward passes
+            (``--precision bf16-mixed``); the loss stays float32, the parameters too. The test
+            accuracies are computed in float32 (one vmapped pass, which ``torch.autocast`` on CPU
+            does not reach: its logits came out float32, measured), and so does the vmapped
+            training below on CPU; the CPU default is the per-model loop, which autocasts.
 
     Returns:
         ``{"acc_mean", "acc_std", "acc_<i>"...}`` (std over models, population), and the models.
@@ -183,7 +195,7 @@ def evaluate_synthetic(
     if vectorize is None:
         vectorize = dev.type == "cuda"
     train = _train_vmapped if vectorize else _train_sequential
-    models = train(x, y, models, cfg, gen, progress)
+    models = train(x, y, models, cfg, gen, progress, autocast)
     for m in models:
         m.eval()
     accs = _accuracies(

@@ -9,24 +9,34 @@
   so the synthetic set also has to carry the signals that tell classes apart.
 * :func:`use_contrastive`: the bi-level warm-up rule (Lee et al., Sec. 4.3).
 * :func:`loops_for_ipc`: the number of image updates and network epochs per outer iteration.
+* :func:`logits`: a network's forward pass, under the run's autocast when one is given
+  (``--precision bf16-mixed``), returned in float32: every loss and the matching distance of DCC
+  compute in float32 on float32 gradients of the float32 parameters.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from plugins.errors import UserInputError
-from plugins.losses import full_precision
+from plugins.losses import full_precision, no_autocast
 from plugins.methods.dcc.dsa import DSAConfig, DSAParams, apply_dsa, sample_dsa
 
 _DEFAULT_DSA = DSAConfig()
 
+#: a factory of the autocast context of the forward passes (``plugins.engine.autocast``); ``None``:
+#: plain float32
+Autocast = Callable[[], AbstractContextManager] | None
+
 __all__ = [
     "IPC_LOOPS",
+    "Autocast",
+    "logits",
     "gradient_match_distance",
     "loops_for_ipc",
     "use_contrastive",
@@ -68,6 +78,16 @@ def use_contrastive(
     return outer_iter >= warmup_outer or inner_iter >= warmup_inner
 
 
+def logits(net: nn.Module, x: torch.Tensor, autocast: Autocast = None) -> torch.Tensor:
+    """``net(x)``, the forward pass under ``autocast()`` when given (e.g. bfloat16 convolutions
+    under ``--precision bf16-mixed``), upcast to float32 for the loss that follows outside it."""
+    if autocast is None:
+        return net(x)
+    with autocast():
+        out = net(x)
+    return full_precision(out)
+
+
 def _rows(g: torch.Tensor) -> torch.Tensor:
     return g.reshape(g.shape[0], -1)
 
@@ -87,15 +107,16 @@ def gradient_match_distance(
     """
     if len(g_syn) != len(g_real):
         raise ValueError(f"{len(g_syn)} synthetic gradients but {len(g_real)} real ones.")
-    total = g_syn[0].new_zeros(())
-    for gs, gr in zip(g_syn, g_real, strict=True):
-        if gs.shape != gr.shape:
-            raise ValueError(f"gradient shapes differ: {tuple(gs.shape)} vs {tuple(gr.shape)}.")
-        if gs.ndim <= 1:
-            continue
-        s, r = full_precision(_rows(gs)), full_precision(_rows(gr))
-        cos = (s * r).sum(-1) / (s.norm(dim=-1) * r.norm(dim=-1) + eps)
-        total = total + (1.0 - cos).sum()
+    total = full_precision(g_syn[0].new_zeros(()))
+    with no_autocast(total):  # float32 (float64 stays float64) even when called under autocast
+        for gs, gr in zip(g_syn, g_real, strict=True):
+            if gs.shape != gr.shape:
+                raise ValueError(f"gradient shapes differ: {tuple(gs.shape)} vs {tuple(gr.shape)}.")
+            if gs.ndim <= 1:
+                continue
+            s, r = full_precision(_rows(gs)), full_precision(_rows(gr))
+            cos = (s * r).sum(-1) / (s.norm(dim=-1) * r.norm(dim=-1) + eps)
+            total = total + (1.0 - cos).sum()
     return total
 
 
@@ -108,6 +129,7 @@ def real_class_mean_gradient(
     real: torch.Tensor,
     labels: torch.Tensor,
     num_classes: int,
+    autocast: Autocast = None,
 ) -> list[torch.Tensor]:
     """``(1/C) sum_c grad CE(net(R_c), c)`` in ONE forward/backward over the concatenated batches.
 
@@ -118,11 +140,12 @@ def real_class_mean_gradient(
     Args:
         real: (N, C, H, W) images of all classes, already augmented.
         labels: (N,) class of each image.
+        autocast: the forward pass's autocast (:func:`logits`); the loss stays float32.
     """
     counts = torch.bincount(labels, minlength=num_classes).to(real.dtype)
     present = (counts > 0).sum()
     weight = 1.0 / (present * counts[labels])
-    losses = F.cross_entropy(full_precision(net(real)), labels, reduction="none")
+    losses = F.cross_entropy(full_precision(logits(net, real, autocast)), labels, reduction="none")
     grads = torch.autograd.grad((losses * weight).sum(), _params(net))
     return [g.detach() for g in grads]
 
@@ -155,6 +178,7 @@ def dc_matching_loss(
     syn: torch.Tensor,
     dsa: DSAConfig | None = _DEFAULT_DSA,
     generator: torch.Generator | None = None,
+    autocast: Autocast = None,
 ) -> torch.Tensor:
     """DC's class-wise matching loss ``sum_c D(grad CE(net(S_c), c), grad CE(net(R_c), c))``.
 
@@ -163,6 +187,7 @@ def dc_matching_loss(
         syn: (K, ipc, C, H, W) synthetic images (require grad).
         dsa: augmentation config (``None``: no augmentation); one op per class, the same parameters
             for that class's real and synthetic batch.
+        autocast: the forward passes' autocast (:func:`logits`); losses and distance stay float32.
     """
     k = real.shape[0]
     params = _params(net)
@@ -175,8 +200,10 @@ def dc_matching_loss(
             xs = apply_dsa(xs, p, xs.new_zeros(len(xs), dtype=torch.long), dsa)
         yr = torch.full((len(xr),), c, device=xr.device)
         ys = torch.full((len(xs),), c, device=xs.device)
-        gr = [g.detach() for g in torch.autograd.grad(F.cross_entropy(net(xr), yr), params)]
-        gs = torch.autograd.grad(F.cross_entropy(net(xs), ys), params, create_graph=True)
+        loss_r = F.cross_entropy(logits(net, xr, autocast), yr)
+        gr = [g.detach() for g in torch.autograd.grad(loss_r, params)]
+        loss_s = F.cross_entropy(logits(net, xs, autocast), ys)
+        gs = torch.autograd.grad(loss_s, params, create_graph=True)
         total = total + gradient_match_distance(gs, gr)
     return total
 
@@ -188,6 +215,7 @@ def dcc_matching_loss(
     dsa: DSAConfig | None = _DEFAULT_DSA,
     generator: torch.Generator | None = None,
     params: DSAParams | None = None,
+    autocast: Autocast = None,
 ) -> torch.Tensor:
     """DCC's contrastive matching loss (Lee et al., ICML 2022, Eq. 5):
     ``D(grad CE(net(S_all), y_all), (1/K) sum_c grad CE(net(R_c), c))``.
@@ -202,7 +230,7 @@ def dcc_matching_loss(
         if params is None:
             params = sample_dsa(k, xr.shape[-1], dsa, generator, device=xr.device)
         xr, xs = apply_dsa(xr, params, gr_idx, dsa), apply_dsa(xs, params, gs_idx, dsa)
-    g_real = real_class_mean_gradient(net, xr, gr_idx, k)
-    loss_syn = F.cross_entropy(net(xs), gs_idx)
+    g_real = real_class_mean_gradient(net, xr, gr_idx, k, autocast)
+    loss_syn = F.cross_entropy(logits(net, xs, autocast), gs_idx)
     g_syn = torch.autograd.grad(loss_syn, _params(net), create_graph=True)
     return gradient_match_distance(g_syn, g_real)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from plugins.data import ImageTensorDataset, check_finite
+from plugins.errors import UserInputError
 from plugins.methods.dcc.condensation import (
     METHODS,
     DCCConfig,
@@ -21,6 +22,7 @@ from plugins.methods.dcc.condensation import (
     kernel_velocity,
 )
 from plugins.methods.dcc.data import SyntheticSet
+from plugins.methods.dcc.match import Autocast
 from plugins.metrics import spectrum
 from plugins.options import Option, OptionSet, config_from_options, options_from_dataclass
 from plugins.progress import phase
@@ -125,6 +127,24 @@ def reproduce(ctx: RunContext) -> dict[str, float]:
         return _reproduce(ctx, threads)
 
 
+def _autocast(ctx: RunContext) -> Autocast:
+    """The forward passes' autocast for ``--precision`` (``None`` for 32-true, the float32 path
+    unchanged). DCC's own loops take bf16-mixed (and 16-mixed on CUDA) through
+    :func:`plugins.engine.autocast`; 64-true is refused."""
+    settings = ctx.engine
+    if settings.precision == "64-true":
+        raise UserInputError(
+            "dcc does not take --precision 64-true: its condensation and evaluation run in float32 "
+            "or under autocast (32-true, bf16-mixed, 16-mixed on CUDA)."
+        )
+    settings.check(torch.device(ctx.device))
+    if settings.precision == "32-true":
+        return None
+    from plugins.engine import autocast  # imports Lightning: only when asked for
+
+    return lambda: autocast(ctx)
+
+
 def _condense_config(ctx: RunContext) -> DCCConfig:
     """:class:`DCCConfig` from the options; ``--epochs`` sets ``outer_iters``."""
     cfg = config_from_options(ctx, DCCConfig)
@@ -165,6 +185,7 @@ def _run(ctx: RunContext, threads: int) -> dict[str, float]:
     NTK diagnostic, ``test_limit``. The condensation loop writes ``last.ckpt`` periodically and
     continues from ``--resume``.
     """
+    amp = _autocast(ctx)
     method = ctx.option("method")
     ipc = ctx.option("ipc")
     cfg = _condense_config(ctx)
@@ -201,7 +222,7 @@ def _run(ctx: RunContext, threads: int) -> dict[str, float]:
     t0 = time.time()
     syn = condense(
         train, ipc, method, cfg.dsa, cfg.outer_iters, cfg, ctx.device, ctx.seed, ctx.progress,
-        checkpointer=ctx.checkpointer(stages=("condense",)),
+        checkpointer=ctx.checkpointer(stages=("condense",)), autocast=amp,
     )  # fmt: skip
     seconds = time.time() - t0
     save_grids(ctx.run_dir, syn)
@@ -216,11 +237,12 @@ def _run(ctx: RunContext, threads: int) -> dict[str, float]:
         }
     )
     scores, models = evaluate_synthetic(
-        syn, test, n_models, ecfg, ctx.device, ctx.seed, progress=ctx.progress, return_models=True
-    )
+        syn, test, n_models, ecfg, ctx.device, ctx.seed, progress=ctx.progress,
+        return_models=True, autocast=amp,
+    )  # fmt: skip
     baseline = condense(train, ipc, "random", device=ctx.device, seed=ctx.seed)
     base_scores = evaluate_synthetic(
-        baseline, test, n_models, ecfg, ctx.device, ctx.seed, progress=ctx.progress
+        baseline, test, n_models, ecfg, ctx.device, ctx.seed, progress=ctx.progress, autocast=amp
     )
 
     x_test = syn.normalise(test.images.to(ctx.device))
@@ -263,6 +285,7 @@ def _reproduce(ctx: RunContext, threads: int) -> dict[str, float]:
     ipc 1, 50 at ipc 10], ``eval_epochs`` 100 [1000], ``n_models`` 4 [5 to 20], ``test_limit`` 2000
     test images [10k]. Each row's condensation is independent, so this command is not resumable.
     """
+    amp = _autocast(ctx)
     data = ctx.data or "cifar10"
     train, test, name = _load(data, ctx.option("image_size"))
     limit = ctx.option("test_limit")
@@ -291,12 +314,13 @@ def _reproduce(ctx: RunContext, threads: int) -> dict[str, float]:
             t0 = time.time()
             syn = condense(
                 train, ipc, method, cfg.dsa, cfg.outer_iters, cfg, ctx.device, ctx.seed,
-                ctx.progress,
+                ctx.progress, autocast=amp,
             )  # fmt: skip
             t1 = time.time()
             scores = evaluate_synthetic(
-                syn, test, n_models, ecfg, ctx.device, ctx.seed, progress=ctx.progress
-            )
+                syn, test, n_models, ecfg, ctx.device, ctx.seed, progress=ctx.progress,
+                autocast=amp,
+            )  # fmt: skip
             t2 = time.time()
             save_grids(ctx.run_dir, syn, prefix=f"ipc{ipc}_{method}")
             if syn.losses:

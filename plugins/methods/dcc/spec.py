@@ -13,4 +13,5 @@ SPEC = MethodSpec(
     reproduce="plugins.methods.dcc.run:reproduce",
     demo_metric="acc_mean",
     options="plugins.methods.dcc.run:OPTIONS",
+    engine=("precision",),
 )

@@ -4,22 +4,22 @@ and the HCSC vs MoCo v2 vs SimCLR reproduction on the shared CIFAR-10 subset."""
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields, replace
 
 import numpy as np
 import torch
 
-from plugins.checkpoint import Checkpointer
 from plugins.data import ImageTensorDataset, check_finite
+from plugins.engine_settings import per_rank_batch
 from plugins.errors import UserInputError
 from plugins.methods.hcsc.kmeans import scaled_cluster_sizes
-from plugins.methods.hcsc.model import HCSCConfig
-from plugins.methods.hcsc.train import TrainHistory, train_hcsc
+from plugins.methods.hcsc.model import HCSC, HCSCConfig
+from plugins.methods.hcsc.train import TrainHistory
 from plugins.metrics import spectrum
 from plugins.options import Option, OptionSet, config_from_options, declared, options_from_dataclass
 from plugins.reporting import RunContext, RunDir
 
-__all__ = ["run", "reproduce", "cpu_config", "OPTIONS"]
+__all__ = ["run", "reproduce", "cpu_config", "fit_hcsc", "OPTIONS"]
 
 #: fields whose CPU-scale default depends on the data set or the epochs (see :func:`cpu_config`)
 _DERIVED = ("warmup_epochs", "queue_size", "cluster_sizes")
@@ -98,6 +98,45 @@ def _plots(
         rd.save_figure(fig, "selection.png")
 
 
+def fit_hcsc(
+    ctx: RunContext, train_set: ImageTensorDataset, cfg: HCSCConfig, clustering: bool = True
+) -> tuple[HCSC, TrainHistory]:
+    """Train :class:`HCSCTask` (MoCo v2 with ``clustering=False``) on ``train_set`` with the
+    command's engine (:func:`plugins.engine.fit`: ``--devices``, ``--strategy``, ``--precision``,
+    ``--accumulate``, ``--resume``; ``last.ckpt`` in ``ctx.run_dir``). ``cfg.batch_size`` is the
+    global batch (split over the processes). Returns the model on ``ctx.device`` and a
+    :class:`TrainHistory`: per-step losses, per clustered epoch the NMI of the level-0 prototypes
+    and the false / true negatives removed (:class:`SelectionDiagnostics`), the last prototypes."""
+    from plugins.data.stream import TensorImageDataModule
+    from plugins.engine import fit
+    from plugins.methods.hcsc.task import HCSCTask, SelectionDiagnostics
+
+    batch = min(cfg.batch_size, len(train_set))
+    per_rank = per_rank_batch(batch, ctx.engine.devices)
+    fields = {f: getattr(cfg, f) for f in HCSCTask.config_fields()}
+    torch.manual_seed(ctx.seed)
+    task = HCSCTask(
+        in_channels=train_set.images.shape[1], clustering=clustering, seed=ctx.seed,
+        **{**fields, "batch_size": batch},
+    )  # fmt: skip
+    data = TensorImageDataModule(
+        train_set, val_fraction=0, batch_size=per_rank, seed=ctx.seed, drop_last=True,
+        return_index=True,
+    )  # fmt: skip
+    selection = SelectionDiagnostics(train_set.labels)
+    losses = fit(ctx, task, data, max_epochs=cfg.epochs, seed=ctx.seed, callbacks=[selection])
+    log = task.cluster_log
+    hist = TrainHistory(
+        losses=list(losses),
+        nmi=[r["nmi"] for r in log if "nmi" in r],
+        fn_removed=selection.fn_removed,
+        tn_removed=selection.tn_removed,
+        clusters=task.clusters,
+        seconds_kmeans=float(sum(r["seconds"] for r in log)),
+    )
+    return task.model.to(ctx.device), hist
+
+
 def _train_and_evaluate(
     ctx: RunContext,
     rd: RunDir,
@@ -107,14 +146,13 @@ def _train_and_evaluate(
     clustering: bool,
     name: str,
     embedding_map: bool = True,
-    checkpointer: Checkpointer | None = None,
 ) -> dict[str, float]:
+    """Train through the engine (``last.ckpt`` in ``ctx.run_dir``), evaluate, write ``rd``'s
+    checkpoint (model with its key queue, the last prototypes) and plots."""
     from plugins.evaluation import embed, evaluate_representation
 
     t0 = time.perf_counter()
-    model, hist = train_hcsc(
-        train_set, cfg, ctx.device, ctx.seed, ctx.progress, clustering, checkpointer=checkpointer
-    )
+    model, hist = fit_hcsc(ctx, train_set, cfg, clustering)
     seconds = time.perf_counter() - t0
     size = cfg.image_size
     if size is not None and size != train_set.images.shape[-1]:
@@ -129,7 +167,12 @@ def _train_and_evaluate(
             true_negatives_removed=hist.tn_removed[-1] if hist.tn_removed else float("nan"),
             kmeans_seconds=hist.seconds_kmeans,
         )
-    rd.save_checkpoint({"model": model.state_dict(), "config": asdict(cfg), "method": name})
+    c = hist.clusters
+    prototypes = None if c is None else {f.name: getattr(c, f.name) for f in fields(c)}
+    rd.save_checkpoint(
+        {"model": model.state_dict(), "prototypes": prototypes, "config": asdict(cfg),
+         "method": name}
+    )  # fmt: skip
     z_test = embed(model.encoder, test_set.images)
     _plots(rd, hist, z_test, test_set.labels, f"{name} (test)", embedding_map)
     rd.plot_spectrum({name: spectrum(z_test)})
@@ -151,6 +194,7 @@ def run(ctx: RunContext) -> dict[str, float]:
     check_finite(train_set.images, f"images of {data_name}")
     epochs = ctx.epochs or (3 if ctx.demo else 40)
     cfg = cpu_config(ctx, len(train_set), epochs, size)
+    per_rank_batch(min(cfg.batch_size, len(train_set)), ctx.engine.devices)  # before any work
     clustering = ctx.option("clustering")
     ctx.run_dir.save_config(
         {
@@ -163,8 +207,7 @@ def run(ctx: RunContext) -> dict[str, float]:
         }
     )
     metrics = _train_and_evaluate(
-        ctx, ctx.run_dir, train_set, test_set, cfg, clustering, "hcsc" if clustering else "moco v2",
-        checkpointer=ctx.checkpointer(),
+        ctx, ctx.run_dir, train_set, test_set, cfg, clustering, "hcsc" if clustering else "moco v2"
     )  # fmt: skip
     ctx.run_dir.save_metrics(metrics)
     return metrics
@@ -177,13 +220,14 @@ def reproduce(ctx: RunContext) -> dict[str, float]:
     ``test_limit=5000`` test images (balanced: rows alternate by class), resized to
     ``image_size=16`` px, batch 128, 4 epochs (1 of plain-MoCo warm-up), so that the three runs fit
     in about 10 minutes on 2 shared CPU cores. The 2-D t-SNE maps are left out here (minutes each on
-    a loaded CPU); ``run`` writes them. The three runs train separate models, so ``--resume``
-    retrains the runs before the checkpoint's one and continues that one.
+    a loaded CPU); ``run`` writes them. All three train through the engine (``--devices``,
+    ``--strategy``, ``--precision``, ``--accumulate``); the command's ``reproduce`` takes no
+    ``--resume``, so they write no ``last.ckpt``.
     """
     from plugins.data import load_cifar10
     from plugins.evaluation import evaluate_representation
     from plugins.methods.simclr.config import SimCLRConfig
-    from plugins.methods.simclr.train import train_simclr
+    from plugins.methods.simclr.run import fit_simclr
 
     ctx = declared(ctx, OPTIONS["reproduce"])
     limit, test_limit = ctx.option("train_limit"), ctx.option("test_limit")
@@ -206,20 +250,19 @@ def reproduce(ctx: RunContext) -> dict[str, float]:
     ctx.run_dir.save_config(
         {"method": "hcsc", "reproduce": True, "data": data_name, "seed": ctx.seed, **asdict(cfg)}
     )
+    per_rank_batch(min(cfg.batch_size, len(train_set)), ctx.engine.devices)  # before any work
     rows, out = [], {}
-    ckpt = ctx.checkpointer(stages=("hcsc", "moco_v2", "simclr"))
     for name, clustering in (("HCSC", True), ("MoCo v2", False)):
         key = name.lower().replace(" ", "_")
         sub = RunDir(path=ctx.run_dir.path / key)
-        m = _train_and_evaluate(ctx, sub, train_set, test_set, cfg, clustering, name, False,
-                                checkpointer=ckpt.independent_stage(key))  # fmt: skip
+        m = _train_and_evaluate(_stage(ctx, sub), sub, train_set, test_set, cfg, clustering, name,
+                                False)  # fmt: skip
         sub.save_metrics(m)
         rows.append({"method": name, **{k: m.get(k) for k in _COLUMNS}})
         out.update({f"{name.split()[0].lower()}_{k}": v for k, v in m.items()})
     scfg = SimCLRConfig(epochs=epochs, batch_size=cfg.batch_size, arch=cfg.arch)
     t0 = time.perf_counter()
-    model, _ = train_simclr(train_set, scfg, ctx.device, ctx.seed, ctx.progress,
-                            checkpointer=ckpt.independent_stage("simclr"))  # fmt: skip
+    model, _ = fit_simclr(_stage(ctx, RunDir(path=ctx.run_dir.path / "simclr")), train_set, scfg)
     m = {
         **evaluate_representation(model.encoder, train_set, test_set, progress=ctx.progress),
         "train_seconds": time.perf_counter() - t0,
@@ -232,6 +275,13 @@ def reproduce(ctx: RunContext) -> dict[str, float]:
     ctx.run_dir.save_metrics(out)
     _plot_comparison(ctx.run_dir, rows)
     return out
+
+
+def _stage(ctx: RunContext, sub: RunDir) -> RunContext:
+    """``ctx`` for one of the reproduction's runs, writing into ``sub``: no ``last.ckpt`` (the
+    command's ``reproduce`` takes no ``--resume``); the options are parsed already, ``used`` is
+    shared."""
+    return replace(ctx, run_dir=sub, option_set=None, resume=None, checkpoint_every=(None, None))
 
 
 def _plot_comparison(rd: RunDir, rows: list[dict]) -> None:

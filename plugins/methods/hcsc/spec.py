@@ -4,10 +4,11 @@ SPEC = MethodSpec(
     name="hcsc",
     paper="Guo et al., HCSC: Hierarchical Contrastive Selective Coding, CVPR 2022",
     domain="generic images",
-    framework="plain torch",
+    framework="Lightning (HCSCTask)",
     default_data="scikit-learn digits (1,797 real 8x8 images, upsampled to 16x16, 10 classes)",
     run="plugins.methods.hcsc.run:run",
     reproduce="plugins.methods.hcsc.run:reproduce",
     demo_metric="knn_acc",
     options="plugins.methods.hcsc.run:OPTIONS",
+    engine=("devices", "strategy", "precision", "accumulate"),
 )

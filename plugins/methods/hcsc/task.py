@@ -55,6 +55,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from lightning.pytorch import Callback
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -67,10 +68,10 @@ from plugins.heads import FeatureQueue
 from plugins.methods.hcsc.config import HCSCConfig
 from plugins.methods.hcsc.kmeans import ClusterResult, hierarchical_kmeans
 from plugins.methods.hcsc.model import HCSC
-from plugins.methods.hcsc.train import key_features
+from plugins.methods.hcsc.train import key_features, selection_stats
 from plugins.tasks import ContrastiveImageTask
 
-__all__ = ["HCSCTask", "IndexedDataset", "split_indexed_batch"]
+__all__ = ["HCSCTask", "IndexedDataset", "SelectionDiagnostics", "split_indexed_batch"]
 
 _DEFAULTS = HCSCConfig()
 
@@ -276,6 +277,7 @@ class HCSCTask(ContrastiveImageTask):
         self.clusters_epoch = -1  # the epoch self.clusters were computed for
         self.cluster_log: list[dict[str, float]] = []  # per clustering: epoch, seconds, nmi
         self._restored_queue_probs: list[torch.Tensor] | None = None
+        self._restored = False  # prototypes came with a checkpoint: move them, set the cache
         self.configure_models()
 
     def configure_models(self) -> None:
@@ -302,6 +304,18 @@ class HCSCTask(ContrastiveImageTask):
             TwoViewAugment(max(4, round(size * s / 224)), scale=scale).view(x)
             for s in self.hparams.local_crop_sizes
         ]
+
+    def training_epoch(self) -> int:
+        """The epoch being trained: under a trainer, from its optimisation steps
+        (:func:`plugins.engine.position`), which stay right when a run resumes from a checkpoint
+        written after the last batch of an epoch (Lightning then restarts that epoch's number);
+        ``current_epoch`` otherwise."""
+        trainer = self._trainer
+        if trainer is None:
+            return self.current_epoch
+        from plugins.engine import position
+
+        return position(trainer)[0]
 
     def clustered_epoch(self, epoch: int) -> bool:
         """True when ``epoch`` trains with prototypes (``clustering`` and past the warm-up)."""
@@ -427,18 +441,35 @@ class HCSCTask(ContrastiveImageTask):
     def on_train_epoch_start(self) -> None:
         """Cluster at the start of each clustered epoch (not again for an epoch resumed midway,
         whose prototypes came with the checkpoint); plain MoCo v2 epochs get no prototypes."""
-        epoch = self.current_epoch
+        self.epoch_prototypes()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """As :meth:`on_train_epoch_start`, which Lightning skips for an epoch it resumes: a run
+        resumed from a checkpoint written after an epoch's last batch gets the next epoch's
+        prototypes here, and one resumed midway its restored prototypes on this device."""
+        self.epoch_prototypes()
+
+    def epoch_prototypes(self) -> None:
+        """The prototypes of :meth:`training_epoch` in :attr:`clusters`: none before the warm-up
+        ends or with ``clustering=False``; computed once per clustered epoch; after a restore, the
+        checkpoint's on this device with their queue cache. Idempotent."""
+        epoch = self.training_epoch()
         if not self.clustered_epoch(epoch):
             self.clusters, self.clusters_epoch = None, epoch
+            self._restored_queue_probs = None
             return
         if self.clusters is None or self.clusters_epoch != epoch:
-            self.clusters = self.compute_clusters(self.cluster_dataloader(), epoch)
+            # iterating a DataLoader draws from the global RNG: the step's views must not depend on
+            # whether the prototypes were computed at the epoch's start or at a resumed batch
+            cuda = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+                self.clusters = self.compute_clusters(self.cluster_dataloader(), epoch)
             self.clusters_epoch = epoch
             record = self.cluster_log[-1]
             self.log("cluster_seconds", record["seconds"], on_epoch=True, sync_dist=True)
             if "nmi" in record:
                 self.log("cluster_nmi", record["nmi"], on_epoch=True, sync_dist=True)
-        else:  # restored from a checkpoint: onto this device, with its queue cache
+        elif self._restored:  # restored from a checkpoint: onto this device, with its queue cache
             c, dev = self.clusters, self.device
             self.clusters = ClusterResult(
                 [t.to(dev) for t in c.im2cluster],
@@ -450,6 +481,7 @@ class HCSCTask(ContrastiveImageTask):
             if self._restored_queue_probs is not None:
                 self.model.set_queue_cache(self.clusters, self._restored_queue_probs)
         self._restored_queue_probs = None
+        self._restored = False
 
     def training_step(self, batch: Any, batch_idx: int = 0) -> dict[str, torch.Tensor]:
         x, _, index = split_indexed_batch(batch)
@@ -467,7 +499,10 @@ class HCSCTask(ContrastiveImageTask):
             self.log("train_loss", loss, prog_bar=True, batch_size=n)
             for name in ("loss_ins", "loss_proto", "kept"):  # parts (the warm-up's are CPU zeros)
                 self.log(f"train_{name}", logs[name].to(loss.device), batch_size=n)
-        return {"loss": loss}
+        out = {"loss": loss}
+        if "keep" in logs:  # for SelectionDiagnostics: this rank's masks, the queue's tags
+            out.update(keep=logs["keep"], queue_tags=logs["queue_tags"], index=index)
+        return out
 
     def collapse_features(self, batch: Any, on: str = "representation") -> torch.Tensor:
         """Hook for :class:`plugins.monitoring.CollapseMonitor`: the query encoder's output r
@@ -502,6 +537,7 @@ class HCSCTask(ContrastiveImageTask):
             else {f.name: getattr(c, f.name) for f in dataclasses.fields(c)},
             "clusters_epoch": self.clusters_epoch,
             "queue_probs": self.model.queue_cache(c),
+            "cluster_log": [dict(r) for r in self.cluster_log],
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -511,3 +547,58 @@ class HCSCTask(ContrastiveImageTask):
         self.clusters = None if state["clusters"] is None else ClusterResult(**state["clusters"])
         self.clusters_epoch = int(state["clusters_epoch"])
         self._restored_queue_probs = state["queue_probs"]
+        self._restored = True
+        self.cluster_log = [
+            {k: float(v) for k, v in r.items()} for r in state.get("cluster_log", [])
+        ]
+
+
+class SelectionDiagnostics(Callback):
+    """How well instance selection (HCSC eqs. 4-5) finds the false negatives: per clustered epoch,
+    the fraction of the queue's same-class negatives it removed (``fn_removed``) and of its
+    other-class negatives (``tn_removed``), counted over the epoch's batches as
+    :func:`plugins.methods.hcsc.train.train_hcsc` counts them (:func:`selection_stats`).
+
+    ``labels``: (N,) the true class of each training image by dataset index; a diagnostic only, never
+    trained on. Under DDP each rank counts its own queries. The counts travel in Lightning
+    checkpoints, so a run resumed in the middle of an epoch reports the uninterrupted run's values.
+    """
+
+    def __init__(self, labels: torch.Tensor) -> None:
+        self.labels = torch.as_tensor(labels).long().cpu()
+        self.counts = torch.zeros(4, dtype=torch.long)
+        self.batches = 0  # batches of the current epoch already counted
+        self.fn_removed: list[float] = []
+        self.tn_removed: list[float] = []
+
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.batches == 0:
+            self.counts.zero_()
+        if isinstance(outputs, Mapping) and "keep" in outputs:
+            tags = outputs["queue_tags"].cpu()
+            queue_labels = torch.where(tags >= 0, self.labels[tags.clamp_min(0)], -1)
+            query_labels = self.labels[outputs["index"].cpu()]
+            stats = selection_stats(outputs["keep"].cpu(), query_labels, queue_labels)
+            self.counts += torch.stack(stats)
+        self.batches += 1
+        if self.batches >= trainer.num_training_batches:  # the epoch's last batch
+            self.batches = 0
+            if self.counts[1] > 0:
+                self.fn_removed.append(float(self.counts[0] / self.counts[1]))
+                self.tn_removed.append(float(self.counts[2] / self.counts[3].clamp_min(1)))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "counts": self.counts.tolist(),
+            "batches": self.batches,
+            "fn_removed": list(self.fn_removed),
+            "tn_removed": list(self.tn_removed),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.counts = torch.tensor(state_dict["counts"], dtype=torch.long)
+        self.batches = int(state_dict["batches"])
+        self.fn_removed = [float(v) for v in state_dict["fn_removed"]]
+        self.tn_removed = [float(v) for v in state_dict["tn_removed"]]
