@@ -338,19 +338,6 @@ def _trainer(
     )
 
 
-def autocast(ctx: RunContext) -> Any:
-    """Autocast context for the methods with their own loops (DCC, ARIEL): ``--precision
-    bf16-mixed`` runs their forward passes in bfloat16 (losses stay float32, see
-    :func:`plugins.losses.full_precision`); 32-true is a no-op."""
-    settings = getattr(ctx, "engine", None) or EngineSettings()
-    device = torch.device(ctx.device)
-    if settings.precision == "bf16-mixed":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if settings.precision == "16-mixed":
-        return torch.autocast(device.type, dtype=torch.float16)
-    return contextlib.nullcontext()
-
-
 def lightning_cli(args: list[str]) -> int:
     """``contrastive-plugins fit --config FILE.yaml [...]``: Lightning's CLI over any task and
     datamodule named by ``class_path`` (the same experience as ``torchgeo fit``); the shipped

@@ -3,8 +3,10 @@ kept apart from :mod:`plugins.engine` so that parsing them imports no Lightning.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -12,6 +14,7 @@ from plugins.errors import UserInputError
 
 __all__ = [
     "ENGINE_FLAGS",
+    "autocast",
     "EngineSettings",
     "PRECISIONS",
     "RUN_DIR_ENV",
@@ -91,3 +94,21 @@ def unsupported_flags(accepted: tuple[str, ...], settings: EngineSettings) -> li
         for name in ENGINE_FLAGS
         if getattr(settings, name) != getattr(default, name) and name not in accepted
     ]
+
+
+def autocast(ctx: Any) -> Any:
+    """Autocast context for the methods with their own loops (DCC, ARIEL): ``--precision
+    bf16-mixed`` runs their forward passes in bfloat16 (losses stay float32, see
+    :func:`plugins.losses.full_precision`); 32-true is a no-op."""
+    settings = getattr(ctx, "engine", None) or EngineSettings()
+    device = torch.device(ctx.device)
+    if settings.precision == "bf16-mixed":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if settings.precision == "16-mixed":
+        return torch.autocast(device.type, dtype=torch.float16)
+    if settings.precision == "64-true":
+        raise UserInputError(
+            f"{ctx.method} trains with its own loop, which takes --precision 32-true, bf16-mixed "
+            "or 16-mixed (autocast), not 64-true."
+        )
+    return contextlib.nullcontext()
