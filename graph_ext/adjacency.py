@@ -68,8 +68,15 @@ class _SparseForwardMatmul(torch.autograd.Function):
 def adjacency_matmul(adj: torch.Tensor | DenseWithSparseCopy, h: torch.Tensor) -> torch.Tensor:
     """``adj @ h`` for a dense, sparse or :class:`DenseWithSparseCopy` adjacency (differentiable)."""
     if isinstance(adj, DenseWithSparseCopy):
-        return _SparseForwardMatmul.apply(adj.dense, adj.sparse, adj.sparse_t, h)
-    return adj @ h if adj.layout == torch.strided else torch.sparse.mm(adj, h)
+        return _SparseForwardMatmul.apply(
+            adj.dense, adj.sparse, adj.sparse_t, h.to(adj.dense.dtype)
+        )
+    if adj.layout == torch.strided:
+        return adj @ h
+    # sparse products have no reduced-precision kernels: under autocast (--precision
+    # bf16-mixed) the aggregation runs in the adjacency's float32, autocast off
+    with torch.autocast(h.device.type, enabled=False):
+        return torch.sparse.mm(adj, h.to(adj.dtype))
 
 
 def _check_edges(edge_index: torch.Tensor, num_nodes: int) -> None:

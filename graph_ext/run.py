@@ -133,9 +133,12 @@ def _train_and_evaluate(
     )
     torch.manual_seed(ctx.seed)
     untrained = ARIEL(data.x.shape[1], cfg).to(ctx.device)
+    from plugins.engine_settings import autocast
+
     result: TrainResult = train(
-        data, cfg, ctx.device, ctx.seed, ctx.progress, f"{method}:{name}", checkpointer
-    )
+        data, cfg, ctx.device, ctx.seed, ctx.progress, f"{method}:{name}", checkpointer,
+        autocast=autocast(ctx),
+    )  # fmt: skip
     data = data.to(ctx.device)
     tick = time.perf_counter()
     z = embed_graph(result.model, data).cpu()

@@ -12,6 +12,7 @@ ARIEL = MethodSpec(
     reproduce="graph_ext.run:reproduce",
     demo_metric="acc_mean",
     options="graph_ext.options:OPTIONS",
+    engine=("precision",),
 )
 
 GRACE = MethodSpec(
@@ -24,4 +25,5 @@ GRACE = MethodSpec(
     reproduce="graph_ext.run:reproduce",
     demo_metric="acc_mean",
     options="graph_ext.options:GRACE_OPTIONS",
+    engine=("precision",),
 )

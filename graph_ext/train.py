@@ -8,6 +8,7 @@ with Adam. ``eps = lam = 0`` is GRACE on sampled subgraphs (``sample_size=None``
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from collections.abc import Iterator
@@ -234,8 +235,12 @@ def train(
     progress: bool = False,
     desc: str = "ariel",
     checkpointer: Any = None,
+    autocast: Any = None,
 ) -> TrainResult:
     """Train ARIEL (or GRACE) on a prepared graph (:func:`graph_ext.data.prepare_graph`).
+
+    ``autocast``: a context for the forward passes (``plugins.engine_settings.autocast(ctx)`` for
+    ``--precision bf16-mixed``); the losses stay in float32.
 
     One step is one epoch (one sampled subgraph). All randomness (subgraph, edge dropping, feature
     masking) comes from the global torch RNG, so a :class:`plugins.checkpoint.Checkpointer` (e.g.
@@ -259,7 +264,8 @@ def train(
         for epoch in range(first, config.epochs):
             nodes, edge_index, x = sample_subgraph(data, config.sample_size)
             x_sparse = None if features is None else select_rows(features, nodes)
-            loss, parts = training_loss(model, edge_index, x, x_sparse)
+            with autocast if autocast is not None else contextlib.nullcontext():
+                loss, parts = training_loss(model, edge_index, x, x_sparse)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
