@@ -129,7 +129,7 @@ def condense(
             the contrastive-step count; each outer iteration's fresh network is drawn from the global
             torch RNG, which the checkpoint holds too.
         autocast: a factory of the autocast context of every network forward pass (matching and
-            network updates), e.g. ``lambda: plugins.engine.autocast(ctx)`` for ``--precision
+            network updates), e.g. ``lambda: plugins.engine_settings.autocast(ctx)`` for ``--precision
             bf16-mixed``; the losses and the matching distance stay float32, and so do the
             synthetic images, the networks' parameters and the optimisers. ``None``: float32.
 

@@ -29,7 +29,7 @@ from plugins.methods.dcc.dsa import DSAConfig, DSAParams, apply_dsa, sample_dsa
 
 _DEFAULT_DSA = DSAConfig()
 
-#: a factory of the autocast context of the forward passes (``plugins.engine.autocast``); ``None``:
+#: a factory of the autocast context of the forward passes (``plugins.engine_settings.autocast``); ``None``:
 #: plain float32
 Autocast = Callable[[], AbstractContextManager] | None
 

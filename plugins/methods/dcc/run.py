@@ -130,7 +130,7 @@ def reproduce(ctx: RunContext) -> dict[str, float]:
 def _autocast(ctx: RunContext) -> Autocast:
     """The forward passes' autocast for ``--precision`` (``None`` for 32-true, the float32 path
     unchanged). DCC's own loops take bf16-mixed (and 16-mixed on CUDA) through
-    :func:`plugins.engine.autocast`; 64-true is refused."""
+    :func:`plugins.engine_settings.autocast`; 64-true is refused."""
     settings = ctx.engine
     if settings.precision == "64-true":
         raise UserInputError(
@@ -140,7 +140,7 @@ def _autocast(ctx: RunContext) -> Autocast:
     settings.check(torch.device(ctx.device))
     if settings.precision == "32-true":
         return None
-    from plugins.engine import autocast  # imports Lightning: only when asked for
+    from plugins.engine_settings import autocast
 
     return lambda: autocast(ctx)
 
