@@ -237,3 +237,46 @@ def test_collapse_features_hook(method):
     else:
         assert z.shape[1] == task.hparams.projection_dim
     assert torch.isfinite(r).all() and torch.isfinite(z).all()
+
+
+# -- Lightning's own ddp strategy --------------------------------------------------------------------
+def _lightning_ddp_worker(rank: int) -> dict:
+    """One optimisation step of each task under ``Trainer(strategy="ddp", devices=2)`` on this
+    rank's half of the fixed batch, BN synchronised by the engine's ``GlobalBatchNormSync``. The
+    process group exists already (``run_gloo``); Lightning joins it as an externally launched
+    job (``LOCAL_RANK``/``WORLD_SIZE`` set), so it starts no processes of its own."""
+    import os
+
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from plugins.engine import GlobalBatchNormSync
+
+    torch.set_num_threads(1)
+    os.environ.update(LOCAL_RANK=str(rank), NODE_RANK="0", WORLD_SIZE=str(WORLD), RANK=str(rank))
+    part = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
+    out = {}
+    for method in METHODS:
+        x, y = _batch(method)
+        task = _task(method)
+        trainer = Trainer(
+            accelerator="cpu", devices=WORLD, strategy=DDPStrategy(process_group_backend="gloo"),
+            precision="64-true" if DTYPE[method] == torch.float64 else "32-true",
+            plugins=[GlobalBatchNormSync()], max_steps=1, use_distributed_sampler=False,
+            logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False,
+        )  # fmt: skip
+        trainer.fit(task, DataLoader(TensorDataset(x[part], y[part]), batch_size=BATCH // WORLD))
+        assert trainer.global_step == 1 and trainer.world_size == WORLD
+        from plugins.distributed import revert_global_batchnorm
+
+        out[method] = _state(revert_global_batchnorm(task))
+    return out
+
+
+@pytest.mark.distributed
+def test_lightning_ddp_strategy_step_equals_single_process_step():
+    ranks = run_gloo(_lightning_ddp_worker, WORLD)
+    for method in METHODS:
+        ref = _single_process(method)
+        for r in ranks:
+            assert _max_diff(r[method], ref) < 1e-5, method
