@@ -162,6 +162,50 @@ def test_ddp_step_equals_single_process_step(ranks, name):
     assert _max_diff(ranks[0][name, "local_bn"], ref) > 1e-4
 
 
+def _lightning_ddp_worker(rank: int) -> dict:
+    """One step of each config under ``Trainer(strategy="ddp", devices=2)`` (Lightning joins the
+    process group ``run_gloo`` made, as an externally launched job), BN synchronised by the
+    engine's ``GlobalBatchNormSync``, on this rank's half of the fixed batch."""
+    import os
+
+    from lightning.pytorch.strategies import DDPStrategy
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from plugins.distributed import revert_global_batchnorm
+    from plugins.engine import GlobalBatchNormSync
+
+    torch.set_num_threads(1)
+    os.environ.update(LOCAL_RANK=str(rank), NODE_RANK="0", WORLD_SIZE=str(WORLD), RANK=str(rank))
+    out = {}
+    for name in CONFIGS:
+        x, y = _ddp_batch(name)
+        part = slice(rank * len(y) // WORLD, (rank + 1) * len(y) // WORLD)
+        task = _task(name)
+        trainer = Trainer(
+            accelerator="cpu", devices=WORLD, strategy=DDPStrategy(process_group_backend="gloo"),
+            precision="64-true", plugins=[GlobalBatchNormSync()], max_steps=1,
+            use_distributed_sampler=False, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False,
+        )  # fmt: skip
+        loader = DataLoader(TensorDataset(x[part], y[part]), batch_size=len(y) // WORLD)
+        trainer.fit(task, loader)
+        assert trainer.global_step == 1 and trainer.world_size == WORLD
+        revert_global_batchnorm(task)
+        out[name] = _state(task)
+    return out
+
+
+@pytest.mark.distributed
+def test_lightning_ddp_strategy_step_equals_single_process_step():
+    ranks = run_gloo(_lightning_ddp_worker, WORLD)
+    for name in CONFIGS:
+        task = _task(name)
+        _one_step(task, _Step(task), _ddp_batch(name))
+        ref = _state(task)
+        for r in ranks:
+            assert _max_diff(r[name], ref) < 1e-5, name
+
+
 # -- the sampler under DDP ------------------------------------------------------------------------
 @pytest.mark.parametrize("homogeneous", [True, False])
 def test_batch_sampler_shards_each_global_batch_over_the_ranks(homogeneous):
