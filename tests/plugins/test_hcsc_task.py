@@ -134,6 +134,50 @@ def ranks() -> list[dict]:
     return run_gloo(_ddp_worker, WORLD)
 
 
+def _lightning_ddp_worker(rank: int) -> dict:
+    """One step (a MoCo warm-up epoch) under ``Trainer(strategy="ddp", devices=2)``: Lightning
+    joins the process group ``run_gloo`` made as an externally launched job; BN synchronised by the
+    engine's ``GlobalBatchNormSync``; this rank's half of the fixed batch."""
+    import os
+
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.strategies import DDPStrategy
+    from torch.utils.data import TensorDataset
+
+    from plugins.distributed import revert_global_batchnorm
+    from plugins.engine import GlobalBatchNormSync
+
+    torch.set_num_threads(1)
+    os.environ.update(LOCAL_RANK=str(rank), NODE_RANK="0", WORLD_SIZE=str(WORLD), RANK=str(rank))
+    part = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
+    x, y, idx = _batch()
+    task = _task(warmup_epochs=5)
+    trainer = Trainer(
+        accelerator="cpu", devices=WORLD, strategy=DDPStrategy(process_group_backend="gloo"),
+        plugins=[GlobalBatchNormSync()], max_steps=1, use_distributed_sampler=False, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    loader = DataLoader(TensorDataset(x[part], y[part], idx[part]), batch_size=BATCH // WORLD)
+    trainer.fit(task, loader)
+    assert trainer.global_step == 1 and trainer.world_size == WORLD
+    revert_global_batchnorm(task)
+    return _state(task)
+
+
+@pytest.mark.distributed
+def test_lightning_ddp_strategy_step_equals_single_process_step():
+    """Both encoders, BN statistics and the queue (every rank's keys, in rank order) after one
+    step under Lightning's ddp strategy equal one process's step on the whole batch."""
+    ranks = run_gloo(_lightning_ddp_worker, WORLD)
+    task = _task(warmup_epochs=5)
+    _steps(task, _Step(task), _batch(), n=1)
+    ref = _state(task)
+    assert int(ref["queue.filled"]) == BATCH
+    for r in ranks:
+        assert _max_diff(r, ref) < 1e-5
+        assert torch.equal(r["queue.tags"], ref["queue.tags"])
+
+
 def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], keys=None) -> float:
     assert a.keys() == b.keys()
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in keys or a)
