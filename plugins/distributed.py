@@ -134,6 +134,17 @@ class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
 _PLAIN_BN = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
 
 
+def _share_state(bn: torch.nn.Module, old: torch.nn.Module) -> None:
+    """``bn`` takes ``old``'s parameters, buffers and mode (the same tensors, not copies), so
+    optimisers and checkpoints see one set."""
+    if old.affine:
+        bn.weight, bn.bias = old.weight, old.bias
+    if old.track_running_stats:
+        bn.running_mean, bn.running_var = old.running_mean, old.running_var
+        bn.num_batches_tracked = old.num_batches_tracked
+    bn.train(old.training)
+
+
 def convert_global_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
     """Replace every plain ``BatchNorm{1,2,3}d`` in ``module`` by :class:`GlobalBatchNorm` sharing its
     parameters and buffers (as ``SyncBatchNorm.convert_sync_batchnorm`` does); returns ``module``."""
@@ -146,12 +157,7 @@ def convert_global_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
                 child.affine,
                 child.track_running_stats,
             )
-            if child.affine:
-                bn.weight, bn.bias = child.weight, child.bias
-            if child.track_running_stats:
-                bn.running_mean, bn.running_var = child.running_mean, child.running_var
-                bn.num_batches_tracked = child.num_batches_tracked
-            bn.train(child.training)
+            _share_state(bn, child)
             bn.plain_type = type(child)
             setattr(module, name, bn)
         else:
@@ -172,12 +178,7 @@ def revert_global_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
                 child.affine,
                 child.track_running_stats,
             )
-            if child.affine:
-                bn.weight, bn.bias = child.weight, child.bias
-            if child.track_running_stats:
-                bn.running_mean, bn.running_var = child.running_mean, child.running_var
-                bn.num_batches_tracked = child.num_batches_tracked
-            bn.train(child.training)
+            _share_state(bn, child)
             setattr(module, name, bn)
         else:
             revert_global_batchnorm(child)

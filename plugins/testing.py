@@ -188,3 +188,32 @@ def interrupt_cli_run(
                 proc.kill()
                 proc.wait()
         return Interrupted(proc.returncode, _text(stdout), _text(stderr), found[0])
+
+
+def lightning_ddp_trainer(rank: int, world_size: int, **kwargs: Any) -> Any:
+    """A CPU ``Trainer(strategy="ddp", devices=world_size)`` for a :func:`run_gloo` worker: it
+    joins the process group that already exists as an externally launched job (``LOCAL_RANK`` and
+    ``WORLD_SIZE`` set, so it starts no processes), with the engine's ``GlobalBatchNormSync`` and
+    the worker's own data (no ``DistributedSampler``), for ``max_steps=1`` unless ``kwargs`` say
+    otherwise."""
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from plugins.engine import GlobalBatchNormSync
+
+    os.environ.update(
+        LOCAL_RANK=str(rank), NODE_RANK="0", WORLD_SIZE=str(world_size), RANK=str(rank)
+    )
+    settings: dict[str, Any] = dict(
+        accelerator="cpu",
+        devices=world_size,
+        strategy=DDPStrategy(process_group_backend="gloo"),
+        plugins=[GlobalBatchNormSync()],
+        max_steps=1,
+        use_distributed_sampler=False,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    return Trainer(**{**settings, **kwargs})

@@ -31,7 +31,7 @@ from agri_ext.train import train_claws
 from plugins.data import ImageTensorDataset, load_digits, load_image_folder, shared_path
 from plugins.distributed import convert_global_batchnorm
 from plugins.monitoring import CollapseMonitor
-from plugins.testing import run_gloo
+from plugins.testing import lightning_ddp_trainer, run_gloo
 
 WORLD = 2
 SIZE = 24
@@ -166,27 +166,17 @@ def _lightning_ddp_worker(rank: int) -> dict:
     """One step of each config under ``Trainer(strategy="ddp", devices=2)`` (Lightning joins the
     process group ``run_gloo`` made, as an externally launched job), BN synchronised by the
     engine's ``GlobalBatchNormSync``, on this rank's half of the fixed batch."""
-    import os
-
-    from lightning.pytorch.strategies import DDPStrategy
     from torch.utils.data import DataLoader, TensorDataset
 
     from plugins.distributed import revert_global_batchnorm
-    from plugins.engine import GlobalBatchNormSync
 
     torch.set_num_threads(1)
-    os.environ.update(LOCAL_RANK=str(rank), NODE_RANK="0", WORLD_SIZE=str(WORLD), RANK=str(rank))
     out = {}
     for name in CONFIGS:
         x, y = _ddp_batch(name)
         part = slice(rank * len(y) // WORLD, (rank + 1) * len(y) // WORLD)
         task = _task(name)
-        trainer = Trainer(
-            accelerator="cpu", devices=WORLD, strategy=DDPStrategy(process_group_backend="gloo"),
-            precision="64-true", plugins=[GlobalBatchNormSync()], max_steps=1,
-            use_distributed_sampler=False, logger=False, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False,
-        )  # fmt: skip
+        trainer = lightning_ddp_trainer(rank, WORLD, precision="64-true")
         loader = DataLoader(TensorDataset(x[part], y[part]), batch_size=len(y) // WORLD)
         trainer.fit(task, loader)
         assert trainer.global_step == 1 and trainer.world_size == WORLD

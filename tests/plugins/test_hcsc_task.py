@@ -36,7 +36,7 @@ from plugins.methods.hcsc import HCSCConfig, train_hcsc
 from plugins.methods.hcsc.kmeans import ClusterResult, hierarchical_kmeans
 from plugins.methods.hcsc.task import HCSCTask, IndexedDataset
 from plugins.monitoring import CollapseMonitor
-from plugins.testing import run_gloo
+from plugins.testing import lightning_ddp_trainer, run_gloo
 
 WORLD = 2
 BATCH = 32  # 16 images per rank
@@ -138,25 +138,15 @@ def _lightning_ddp_worker(rank: int) -> dict:
     """One step (a MoCo warm-up epoch) under ``Trainer(strategy="ddp", devices=2)``: Lightning
     joins the process group ``run_gloo`` made as an externally launched job; BN synchronised by the
     engine's ``GlobalBatchNormSync``; this rank's half of the fixed batch."""
-    import os
-
-    from lightning.pytorch import Trainer
-    from lightning.pytorch.strategies import DDPStrategy
     from torch.utils.data import TensorDataset
 
     from plugins.distributed import revert_global_batchnorm
-    from plugins.engine import GlobalBatchNormSync
 
     torch.set_num_threads(1)
-    os.environ.update(LOCAL_RANK=str(rank), NODE_RANK="0", WORLD_SIZE=str(WORLD), RANK=str(rank))
     part = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
     x, y, idx = _batch()
     task = _task(warmup_epochs=5)
-    trainer = Trainer(
-        accelerator="cpu", devices=WORLD, strategy=DDPStrategy(process_group_backend="gloo"),
-        plugins=[GlobalBatchNormSync()], max_steps=1, use_distributed_sampler=False, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-    )  # fmt: skip
+    trainer = lightning_ddp_trainer(rank, WORLD)
     loader = DataLoader(TensorDataset(x[part], y[part], idx[part]), batch_size=BATCH // WORLD)
     trainer.fit(task, loader)
     assert trainer.global_step == 1 and trainer.world_size == WORLD

@@ -27,7 +27,7 @@ from plugins.distributed import convert_global_batchnorm
 from plugins.methods.directclr.task import DirectCLRTask
 from plugins.methods.simclr.task import SimCLRTask
 from plugins.monitoring import CollapseMonitor
-from plugins.testing import run_gloo
+from plugins.testing import lightning_ddp_trainer, run_gloo
 
 WORLD = 2
 BATCH = 32  # 16 images per rank
@@ -245,26 +245,14 @@ def _lightning_ddp_worker(rank: int) -> dict:
     rank's half of the fixed batch, BN synchronised by the engine's ``GlobalBatchNormSync``. The
     process group exists already (``run_gloo``); Lightning joins it as an externally launched
     job (``LOCAL_RANK``/``WORLD_SIZE`` set), so it starts no processes of its own."""
-    import os
-
-    from lightning.pytorch.strategies import DDPStrategy
-
-    from plugins.engine import GlobalBatchNormSync
-
     torch.set_num_threads(1)
-    os.environ.update(LOCAL_RANK=str(rank), NODE_RANK="0", WORLD_SIZE=str(WORLD), RANK=str(rank))
     part = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
     out = {}
     for method in METHODS:
         x, y = _batch(method)
         task = _task(method)
-        trainer = Trainer(
-            accelerator="cpu", devices=WORLD, strategy=DDPStrategy(process_group_backend="gloo"),
-            precision="64-true" if DTYPE[method] == torch.float64 else "32-true",
-            plugins=[GlobalBatchNormSync()], max_steps=1, use_distributed_sampler=False,
-            logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False,
-        )  # fmt: skip
+        precision = "64-true" if DTYPE[method] == torch.float64 else "32-true"
+        trainer = lightning_ddp_trainer(rank, WORLD, precision=precision)
         trainer.fit(task, DataLoader(TensorDataset(x[part], y[part]), batch_size=BATCH // WORLD))
         assert trainer.global_step == 1 and trainer.world_size == WORLD
         from plugins.distributed import revert_global_batchnorm
