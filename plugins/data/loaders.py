@@ -108,6 +108,24 @@ def load_digits(size: int | None = None) -> ImageTensorDataset:
     )
 
 
+def cifar10_batch_files(root: str | Path | None = None, train: bool = True) -> list[Path]:
+    """The CIFAR-10 pickle batches under ``root`` (the ``cifar-10-batches-py`` folder or its
+    parent; default: the shared data set): the ``data_batch_*`` files that exist when ``train``,
+    else ``test_batch``; one sentence when there are none."""
+    root = Path(root) if root is not None else shared_path("cifar10", "cifar-10-batches-py")
+    if (root / "cifar-10-batches-py").is_dir():
+        root = root / "cifar-10-batches-py"
+    if not root.is_dir():
+        raise UserInputError(f"CIFAR-10 folder {root} does not exist.")
+    files = sorted(root.glob("data_batch_*")) if train else [root / "test_batch"]
+    files = [f for f in files if f.is_file()]
+    if not files:
+        raise UserInputError(
+            f"no CIFAR-10 {'data_batch_*' if train else 'test_batch'} file in {root}."
+        )
+    return files
+
+
 def load_cifar10(
     root: str | Path | None = None, train: bool = True, limit: int | None = None
 ) -> ImageTensorDataset:
@@ -120,19 +138,8 @@ def load_cifar10(
         train: training batches or ``test_batch``.
         limit: keep the first ``limit`` images (rows alternate by class in the shared subset).
     """
-    if root is None:
-        root = shared_path("cifar10", "cifar-10-batches-py")
-    root = Path(root)
-    if (root / "cifar-10-batches-py").is_dir():
-        root = root / "cifar-10-batches-py"
-    if not root.is_dir():
-        raise UserInputError(f"CIFAR-10 folder {root} does not exist.")
-    files = sorted(root.glob("data_batch_*")) if train else [root / "test_batch"]
-    files = [f for f in files if f.exists()]
-    if not files:
-        raise UserInputError(
-            f"no CIFAR-10 {'data_batch_*' if train else 'test_batch'} file in {root}."
-        )
+    files = cifar10_batch_files(root, train)
+    root = files[0].parent  # the cifar-10-batches-py folder
     xs, ys = [], []
     for f in files:
         d = load_cifar_pickle(f)

@@ -49,9 +49,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_co
 from plugins.data.loaders import (
     IMAGE_SUFFIXES,
     ImageTensorDataset,
+    cifar10_batch_files,
     load_cifar_pickle,
     load_digits,
-    shared_path,
     stratified_split,
 )
 from plugins.errors import UserInputError
@@ -217,17 +217,8 @@ def cifar10_records(root: str | Path | None = None, train: bool = True) -> Image
     """CIFAR-10 python batches (the ``cifar-10-batches-py`` folder or its parent; default: the
     shared data set): ``data_batch_*`` when ``train`` else ``test_batch``. Each file is unpickled
     once here for its labels; only the labels are kept."""
-    root = Path(root) if root is not None else shared_path("cifar10", "cifar-10-batches-py")
-    if (root / "cifar-10-batches-py").is_dir():
-        root = root / "cifar-10-batches-py"
-    if not root.is_dir():
-        raise UserInputError(f"CIFAR-10 folder {root} does not exist.")
-    files = sorted(root.glob("data_batch_*")) if train else [root / "test_batch"]
-    files = [f for f in files if f.is_file()]
-    if not files:
-        raise UserInputError(
-            f"no CIFAR-10 {'data_batch_*' if train else 'test_batch'} file in {root}."
-        )
+    files = cifar10_batch_files(root, train)
+    root = files[0].parent  # the cifar-10-batches-py folder
     items: list[tuple[str, int]] = []
     labels = []
     for f in files:
