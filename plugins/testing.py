@@ -217,3 +217,12 @@ def lightning_ddp_trainer(rank: int, world_size: int, **kwargs: Any) -> Any:
         enable_model_summary=False,
     )
     return Trainer(**{**settings, **kwargs})
+
+
+def max_state_diff(
+    a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], keys: Any = None
+) -> float:
+    """Largest absolute difference between two state dicts with the same keys (over ``keys``, by
+    default all), compared in float64."""
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in keys or a)

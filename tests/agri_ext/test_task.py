@@ -32,6 +32,7 @@ from plugins.data import ImageTensorDataset, load_digits, load_image_folder, sha
 from plugins.distributed import convert_global_batchnorm
 from plugins.monitoring import CollapseMonitor
 from plugins.testing import lightning_ddp_trainer, run_gloo
+from plugins.testing import max_state_diff as _max_diff
 
 WORLD = 2
 SIZE = 24
@@ -134,11 +135,6 @@ def _ddp_worker(rank: int) -> dict:
 @pytest.fixture(scope="module")
 def ranks() -> list[dict]:
     return run_gloo(_ddp_worker, WORLD)
-
-
-def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert a.keys() == b.keys()
-    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
 
 
 @pytest.mark.distributed

@@ -37,6 +37,7 @@ from plugins.methods.hcsc.kmeans import ClusterResult, hierarchical_kmeans
 from plugins.methods.hcsc.task import HCSCTask, IndexedDataset
 from plugins.monitoring import CollapseMonitor
 from plugins.testing import lightning_ddp_trainer, run_gloo
+from plugins.testing import max_state_diff as _max_diff
 
 WORLD = 2
 BATCH = 32  # 16 images per rank
@@ -166,11 +167,6 @@ def test_lightning_ddp_strategy_step_equals_single_process_step():
     for r in ranks:
         assert _max_diff(r, ref) < 1e-5
         assert torch.equal(r["queue.tags"], ref["queue.tags"])
-
-
-def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], keys=None) -> float:
-    assert a.keys() == b.keys()
-    return max(float((a[k].double() - b[k].double()).abs().max()) for k in keys or a)
 
 
 @pytest.mark.distributed

@@ -28,6 +28,7 @@ from plugins.methods.directclr.task import DirectCLRTask
 from plugins.methods.simclr.task import SimCLRTask
 from plugins.monitoring import CollapseMonitor
 from plugins.testing import lightning_ddp_trainer, run_gloo
+from plugins.testing import max_state_diff as _max_diff
 
 WORLD = 2
 BATCH = 32  # 16 images per rank
@@ -109,11 +110,6 @@ def _single_process(method: str) -> dict[str, torch.Tensor]:
     task = _task(method)
     _one_step(task, _Step(task), _batch(method))
     return _state(task)
-
-
-def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert a.keys() == b.keys()
-    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
 
 
 @pytest.mark.distributed
