@@ -524,6 +524,15 @@ class _ImageDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self._ready()
+        world, _ = _world()
+        per_rank = math.ceil(len(self.train_dataset) / world)
+        if self.drop_last and per_rank < self.batch_size:
+            # with drop_last such an epoch has no batch at all: training would end at once
+            raise UserInputError(
+                f"the training set has {len(self.train_dataset)} images, "
+                f"{'' if world == 1 else f'{per_rank} per process, '}fewer than one batch of "
+                f"{self.batch_size}; lower batch_size or pass drop_last=False."
+            )
         return self._loader(self.train_dataset, train=True)
 
     def val_dataloader(self) -> DataLoader | list:

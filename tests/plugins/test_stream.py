@@ -416,3 +416,18 @@ def test_simclr_task_trains_from_an_image_folder_larger_than_the_cap(tmp_path):
     (one, base), (n, train) = _run_measure(tree, "train_baseline,train")
     assert one == 800 and n == n_images // 100 * 100  # the whole tree went through training
     assert train - base < cap_mb, f"8 batches {base:.1f} MB, epoch {train:.1f} MB"
+
+
+def test_a_training_set_smaller_than_one_batch_is_one_sentence(tmp_path):
+    """With drop_last an epoch of fewer images than one batch has no batch: refused, not a fit
+    that trains nothing and ends with status 0."""
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(5):
+            Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / c / f"{i}.png")
+    dm = StreamImageDataModule(tmp_path, val_fraction=0, image_size=8, batch_size=16, num_workers=0)
+    with pytest.raises(UserInputError, match="has 10 images, fewer than one batch of 16"):
+        dm.train_dataloader()
+    loose = StreamImageDataModule(tmp_path, val_fraction=0, image_size=8, batch_size=16,
+                                  num_workers=0, drop_last=False)  # fmt: skip
+    assert sum(len(x) for x, _ in loose.train_dataloader()) == 10
