@@ -14,6 +14,7 @@ from agri_ext.mask import MaskFn, compute_masks
 from agri_ext.model import CLAWS
 from agri_ext.sampling import class_homogeneous_batches, random_batches
 from plugins.data import ImageTensorDataset
+from plugins.errors import check_finite_loss
 from plugins.evaluation import embed
 from plugins.metrics import cluster_scores
 from plugins.progress import progress_bar
@@ -126,7 +127,7 @@ def train_claws(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss.detach()))
+            losses.append(check_finite_loss(loss.detach(), len(losses)))
             bar.update()
             bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.3f}", refresh=False)
         if checkpointer:

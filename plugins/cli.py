@@ -24,7 +24,7 @@ from plugins.engine_settings import (
     is_worker,
     unsupported_flags,
 )
-from plugins.errors import UserInputError
+from plugins.errors import TrainingDiverged, UserInputError
 from plugins.registry import MethodSpec, available_methods, get_method
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -521,6 +521,9 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(f"contrastive-plugins: error: file not found: {e.filename or e}.", file=sys.stderr)
         return 2
+    except TrainingDiverged as e:
+        print(f"contrastive-plugins: error: {e}", file=sys.stderr)
+        return 1
     except Terminated:
         print("contrastive-plugins: terminated.", file=sys.stderr)
         return 143

@@ -46,7 +46,7 @@ from plugins.engine_settings import (
     is_worker,
     per_rank_batch,
 )
-from plugins.errors import UserInputError
+from plugins.errors import UserInputError, check_finite_loss
 from plugins.reporting import RunContext, active_run_dir, atomic_write_bytes
 
 __all__ = [
@@ -133,6 +133,20 @@ class RunHooks(Callback):
         if self.seed is not None:
             step = trainer.fit_loop.epoch_loop.batch_progress.total.ready
             torch.manual_seed(step_seed(self.seed, step, trainer.global_rank))
+
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        # a NaN loss would train on silently and end in an evaluation of NaN weights
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        value = float(loss)
+        if trainer.world_size > 1:  # every rank stops together, or the others wait forever
+            diverged = trainer.strategy.reduce_boolean_decision(not math.isfinite(value), all=False)
+            value = float("nan") if diverged and math.isfinite(value) else value
+        step = trainer.fit_loop.epoch_loop.batch_progress.total.ready - 1
+        check_finite_loss(value, step, trainer.current_epoch)
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         checkpoint["method"] = self.method

@@ -189,6 +189,44 @@ def test_bf16_mixed_and_accumulate_through_the_command(digits_file, tmp_path):
     assert load_checkpoint(run / "last.ckpt", "simclr")["global_step"] == 4
 
 
+def test_a_nan_loss_stops_the_run_in_one_sentence_before_evaluating(digits_file, tmp_path, capsys,
+                                                                   monkeypatch):
+    """A loss that turns NaN at step 2 (as a too-large learning rate does) stops the fit there:
+    exit 1, one line naming the step, ``status: failed``, and the last checkpoint written before
+    it holds finite weights, instead of a table computed from NaN weights."""
+    from plugins.methods.simclr.task import SimCLRTask
+
+    step_of = SimCLRTask.training_step
+
+    def nan_at_step_2(self, batch, batch_idx=0):
+        out = step_of(self, batch, batch_idx)
+        if self.trainer.global_step == 2:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(SimCLRTask, "training_step", nan_at_step_2)
+    out = tmp_path / "out"
+    assert main(_argv(digits_file, out, "--checkpoint-every", "1")) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "training diverged: the loss became nan at step 2 (epoch 0)" in err
+    (run,) = out.iterdir()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "step 2" in metrics["error"]
+    state = load_checkpoint(run / "last.ckpt", "simclr")
+    assert state["global_step"] == 2  # the NaN step's update was never saved
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
+
+
+def test_check_finite_loss_names_the_step():
+    from plugins.errors import TrainingDiverged, check_finite_loss
+
+    assert check_finite_loss(torch.tensor(1.5), 0) == 1.5
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(TrainingDiverged, match=f"became {bad} at step 7;"):
+            check_finite_loss(torch.tensor(bad), 7)
+
+
 @pytest.mark.distributed
 def test_ddp_on_two_cpu_processes_through_the_command(digits_file, tmp_path):
     """``--strategy ddp --devices 2``: Lightning launches a second copy of the command; both train

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from plugins.data import ImageTensorDataset, check_finite
-from plugins.errors import UserInputError
+from plugins.errors import UserInputError, check_finite_loss
 from plugins.methods.dcc.config import DCCConfig
 from plugins.methods.dcc.data import SyntheticSet, channel_stats, group_by_class
 from plugins.methods.dcc.dsa import DSAConfig
@@ -205,7 +205,7 @@ def condense(
             opt_img.zero_grad(set_to_none=True)
             loss.backward()
             opt_img.step()
-            value = float(loss.detach())
+            value = check_finite_loss(loss.detach(), it * inner + ol)
             total += value
             counts["contrastive_steps"] += int(contrastive)
             bar.update()

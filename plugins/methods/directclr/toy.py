@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
+from plugins.errors import check_finite_loss
 from plugins.losses import info_nce
 from plugins.monitoring import CollapseTracker
 
@@ -129,7 +130,7 @@ def train_linear_toy(cfg: ToyConfig) -> ToyResult:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss.detach()))
+        losses.append(check_finite_loss(loss.detach(), len(losses)))
         if tracker.due(step) or step == cfg.steps:
             with torch.no_grad():
                 tracker.update(step, _forward(weights, probe))

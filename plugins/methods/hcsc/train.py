@@ -14,7 +14,7 @@ from torch import nn
 
 from plugins.checkpoint import Checkpointer
 from plugins.data import ImageTensorDataset, TwoViewAugment
-from plugins.errors import UserInputError
+from plugins.errors import UserInputError, check_finite_loss
 from plugins.methods.hcsc.kmeans import ClusterResult, hierarchical_kmeans
 from plugins.methods.hcsc.model import HCSC, HCSCConfig
 from plugins.progress import phase, progress_bar
@@ -177,7 +177,7 @@ def train_hcsc(
         loss.backward()
         opt.step()
         sched.step()
-        hist.losses.append(float(loss.detach()))
+        hist.losses.append(check_finite_loss(loss.detach(), len(hist.losses)))
         if "keep" in logs:
             tags = logs["queue_tags"]
             qlab = torch.where(tags >= 0, labels[tags.clamp_min(0)], -1)

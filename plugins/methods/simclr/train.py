@@ -13,6 +13,7 @@ from plugins.data import (
     ImageTensorDataset,
     TwoViewAugment,
 )
+from plugins.errors import check_finite_loss
 from plugins.evaluation import resolve_device
 from plugins.methods.simclr.config import SimCLRConfig
 from plugins.methods.simclr.model import SimCLR
@@ -70,7 +71,7 @@ def train_simclr(
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss.detach()))
+        losses.append(check_finite_loss(loss.detach(), len(losses)))
         bar.update()
         bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{losses[-1]:.3f}")
         if checkpointer:
