@@ -18,6 +18,8 @@ _EXPORTS = {
     "normalized_adjacency": "graph_ext.adjacency",
     "evaluate_node_embeddings": "graph_ext.evaluate",
     "load_graph": "graph_ext.data",
+    "read_own_graph": "graph_ext.own_data",
+    "predict_embeddings": "graph_ext.predict",
     "prepare_graph": "graph_ext.data",
     "train": "graph_ext.train",
 }

@@ -1,4 +1,18 @@
-"""Symmetric GCN normalisation D^-1/2 (A + I) D^-1/2 (Kipf & Welling, ICLR 2017, eq. 2).
+"""GCN normalisations of an adjacency (Kipf & Welling, ICLR 2017, eq. 2), undirected and directed.
+
+Row ``i`` of every matrix here holds the messages node ``i`` receives: ``A[dst, src] = w`` for an
+edge ``src -> dst`` of weight ``w`` (1 without weights), as PyG's ``GCNConv``. With
+``A_hat = A + I`` (a self-loop of weight 1 on every node):
+
+* undirected (the papers' setting, the default): ``D^-1/2 A_hat D^-1/2`` with ``D`` the row sums of
+  ``A_hat`` (in-degree + 1; weighted: the sum of incoming weights + 1), which is PyG's ``gcn_norm``;
+* directed (``directed=True``): ``D_in^-1/2 A_hat D_out^-1/2``, i.e.
+  ``A_norm[i, j] = A_hat[i, j] / sqrt(d_in(i) d_out(j))`` with ``d_in`` the row sums (what ``i``
+  receives + 1) and ``d_out`` the column sums (what ``j`` sends + 1). Written with the source as
+  the row (``B = A^T``), it is the in/out-degree normalisation ``D_out^-1/2 B_hat D_in^-1/2`` of
+  directed GCNs. On a symmetric ``A`` both are the same matrix.
+
+Weights enter as the GCN's ``edge_weight``: the entries of ``A``, and so the degrees.
 
 Sparse for the stochastic views and full-graph inference, dense for the attack (which perturbs,
 and differentiates with respect to, every entry). The dense form scales rows and columns by
@@ -89,56 +103,95 @@ def _check_edges(edge_index: torch.Tensor, num_nodes: int) -> None:
         )
 
 
+def _check_weights(edge_weight: torch.Tensor | None, edge_index: torch.Tensor) -> None:
+    if edge_weight is not None and tuple(edge_weight.shape) != (edge_index.shape[1],):
+        raise ValueError(
+            f"edge_weight must have shape ({edge_index.shape[1]},) (one per edge), "
+            f"got {tuple(edge_weight.shape)}"
+        )
+
+
 def dense_adjacency(
-    edge_index: torch.Tensor, num_nodes: int, dtype: torch.dtype = torch.float32
+    edge_index: torch.Tensor,
+    num_nodes: int,
+    dtype: torch.dtype = torch.float32,
+    edge_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(N, N) 0/1 matrix with ``A[dst, src] = 1`` for every edge ``src -> dst`` (duplicates merged).
+    """(N, N) matrix with ``A[dst, src] = 1`` (or ``edge_weight``) for every edge ``src -> dst``.
 
     Rows are message targets, as in PyG's ``GCNConv``, so ``A @ X`` sums the incoming neighbours.
+    Duplicate edges are merged without weights and add up their weights with them.
     """
     _check_edges(edge_index, num_nodes)
+    _check_weights(edge_weight, edge_index)
     adj = torch.zeros(num_nodes, num_nodes, dtype=dtype, device=edge_index.device)
-    adj[edge_index[1], edge_index[0]] = 1.0
+    if edge_weight is None:
+        adj[edge_index[1], edge_index[0]] = 1.0
+    else:
+        adj.index_put_((edge_index[1], edge_index[0]), edge_weight.to(dtype), accumulate=True)
     return adj
 
 
-def normalize_dense(adj: torch.Tensor) -> torch.Tensor:
-    """D^-1/2 (A + I) D^-1/2 of a dense (N, N) ``adj`` (differentiable; degrees are row sums).
+def normalize_dense(adj: torch.Tensor, directed: bool = False) -> torch.Tensor:
+    """The GCN normalisation of a dense (N, N) ``adj`` (differentiable; module docstring).
 
-    ``adj`` must have a zero diagonal (self-loops are added here).
+    Undirected: ``D^-1/2 (A + I) D^-1/2``, ``D`` the row sums. ``directed``:
+    ``D_in^-1/2 (A + I) D_out^-1/2``, ``D_in`` the row sums and ``D_out`` the column sums.
+    ``adj`` must have a zero diagonal (self-loops are added here) and no negative entry.
     """
     a_hat = adj + torch.eye(adj.shape[0], dtype=adj.dtype, device=adj.device)
-    d = a_hat.sum(1).rsqrt()  # >= 1 thanks to the self-loop, so never inf
-    return d[:, None] * a_hat * d[None, :]
+    d_in = a_hat.sum(1).rsqrt()  # >= 1 thanks to the self-loop, so never inf
+    d_out = a_hat.sum(0).rsqrt() if directed else d_in
+    return d_in[:, None] * a_hat * d_out[None, :]
 
 
 def normalized_adjacency(
-    edge_index: torch.Tensor, num_nodes: int, sparse: bool = False
+    edge_index: torch.Tensor,
+    num_nodes: int,
+    sparse: bool = False,
+    edge_weight: torch.Tensor | None = None,
+    directed: bool = False,
 ) -> torch.Tensor:
-    """D^-1/2 (A + I) D^-1/2 from an edge list.
+    """The GCN normalisation (module docstring) of a graph given as an edge list.
 
     Args:
-        edge_index: (2, E) long, ``src -> dst``; existing self-loops and duplicate edges are merged.
+        edge_index: (2, E) long, ``src -> dst``; existing self-loops are dropped (every node gets
+            one of weight 1) and duplicate edges merged (their weights add up).
         num_nodes: N.
         sparse: return a sparse COO tensor (for full graphs) instead of a dense (N, N) one.
+        edge_weight: (E,) non-negative weights (``None``: every edge weighs 1).
+        directed: ``D_in^-1/2 (A + I) D_out^-1/2`` instead of ``D^-1/2 (A + I) D^-1/2`` with the
+            in-degree on both sides (PyG ``gcn_norm``, which the papers' views use even when
+            dropping edges made them asymmetric).
 
     Returns:
         (N, N) float32 tensor on ``edge_index``'s device; row ``i`` weights the neighbours that
-        send messages to ``i`` (PyG ``gcn_norm`` convention, degree = in-degree + 1).
+        send messages to ``i``.
     """
     if not sparse:
-        adj = dense_adjacency(edge_index, num_nodes)
+        adj = dense_adjacency(edge_index, num_nodes, edge_weight=edge_weight)
         adj.fill_diagonal_(0.0)
-        return normalize_dense(adj)
+        return normalize_dense(adj, directed)
     _check_edges(edge_index, num_nodes)
+    _check_weights(edge_weight, edge_index)
     src, dst = edge_index
     keep = src != dst
     loops = torch.arange(num_nodes, device=edge_index.device)
-    key = torch.cat([dst[keep] * num_nodes + src[keep], loops * num_nodes + loops]).unique()
-    rows, cols = key // num_nodes, key % num_nodes
-    deg = torch.bincount(rows, minlength=num_nodes).float()
-    d = deg.rsqrt()
-    values = d[rows] * d[cols]
     shape = (num_nodes, num_nodes)
-    indices = torch.stack([rows, cols])  # unique by construction
+    if edge_weight is None:
+        key = torch.cat([dst[keep] * num_nodes + src[keep], loops * num_nodes + loops]).unique()
+        rows, cols = key // num_nodes, key % num_nodes  # unique by construction
+        a = torch.ones(rows.shape, device=edge_index.device)
+    else:
+        index = torch.cat([torch.stack([dst[keep], src[keep]]), loops.expand(2, -1)], 1)
+        a = torch.cat([edge_weight[keep].float(), torch.ones(num_nodes, device=loops.device)])
+        merged = torch.sparse_coo_tensor(index, a, shape, check_invariants=False).coalesce()
+        (rows, cols), a = merged.indices(), merged.values()
+    d_in = torch.zeros(num_nodes, device=a.device).index_add_(0, rows, a).rsqrt()
+    if directed:
+        d_out = torch.zeros(num_nodes, device=a.device).index_add_(0, cols, a).rsqrt()
+    else:
+        d_out = d_in
+    values = d_in[rows] * a * d_out[cols]
+    indices = torch.stack([rows, cols])
     return torch.sparse_coo_tensor(indices, values, shape, check_invariants=False).coalesce()

@@ -12,6 +12,18 @@ z1-z1 logit block are computed once (:func:`graph_ext.loss.grace_loss_to_fixed`,
 gradient from half the logits), ``X W_1`` once (sparse when ``X`` is), the feature gradient is
 ``dL/d(XW_1 + delta W_1) @ W_1`` (the chain rule through the first linear layer), and the relaxed
 adjacency is assembled from ``A + I`` and ``1 - 2A`` built once per attack.
+
+The attack perturbs the structure it is given (``directed`` / weighted adjacency):
+
+* undirected (the paper's setting): one flip variable per unordered pair (the upper triangle,
+  ``n(n-1)/2``), applied to both ``A[i, j]`` and ``A[j, i]``, so the view stays symmetric; the
+  budget counts undirected edges;
+* directed: one flip variable per ordered pair ``i != j`` (``n(n-1)``), so adding or removing
+  ``j -> i`` leaves ``i -> j`` as it was; the budget counts directed edges, and the relaxed view
+  is normalised with the directed formula (:mod:`graph_ext.adjacency`);
+* weighted: flipping an existing edge removes it with its weight, flipping an absent pair adds an
+  edge of weight 1: ``A + S o C`` with ``C = 1 - A_bin - A`` off the diagonal (``A_bin`` the 0/1
+  pattern), which is the paper's ``11^T - 2A - I`` when every weight is 1.
 """
 
 from __future__ import annotations
@@ -25,17 +37,24 @@ from graph_ext.adjacency import with_sparse_copy
 from graph_ext.loss import fixed_view, grace_loss_to_fixed
 from graph_ext.model import ARIEL
 
-__all__ = ["AdversarialView", "flip_edges", "pgd_adversarial_view", "project_capped_simplex"]
+__all__ = [
+    "AdversarialView",
+    "flip_edges",
+    "flip_pairs",
+    "pgd_adversarial_view",
+    "project_capped_simplex",
+]
 
 
 class AdversarialView(NamedTuple):
     """Result of :func:`pgd_adversarial_view`.
 
     Attributes:
-        adj: (n, n) 0/1 perturbed adjacency (symmetric, zero diagonal), not normalised.
+        adj: (n, n) perturbed adjacency, not normalised, zero diagonal: kept edges keep their
+            weight, added ones weigh 1; symmetric unless the attack was ``directed``.
         x: (n, F) perturbed features ``X + delta``.
-        flip_probs: (n(n-1)/2,) continuous flip variables S over the upper triangle (row-major
-            ``torch.triu_indices(n, n, 1)`` order), after the last projection.
+        flip_probs: continuous flip variables S after the last projection, over
+            :func:`flip_pairs` (the upper triangle, or every ordered pair when ``directed``).
         delta: (n, F) feature perturbation, ``|delta| <= feature_eps``.
     """
 
@@ -77,21 +96,40 @@ def project_capped_simplex(s: torch.Tensor, budget: float, iters: int = 32) -> t
     return torch.where(clipped.sum() > budget, projected, clipped)
 
 
-def flip_edges(adj: torch.Tensor, flips: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
-    """``A + S * (11^T - 2A - I)`` with S the symmetric matrix whose upper triangle is ``flips``.
+def flip_pairs(n: int, directed: bool = False, device: torch.device | None = None) -> torch.Tensor:
+    """(2, m) the node pairs with a flip variable: ``torch.triu_indices(n, n, 1)`` (m = n(n-1)/2),
+    or every ordered pair ``i != j`` in row-major order when ``directed`` (m = n(n-1))."""
+    if not directed:
+        return torch.triu_indices(n, n, 1, device=device)
+    rows, cols = torch.ones(n, n, dtype=torch.bool, device=device).fill_diagonal_(False).nonzero().T
+    return torch.stack([rows, cols])
+
+
+def _flip_complement(adj: torch.Tensor) -> torch.Tensor:
+    """``C = 1 - A_bin - A``: +1 on absent pairs (add weight 1), ``-A`` on edges (remove them).
+    Its diagonal is meaningless (S has none)."""
+    return 1.0 - (adj != 0).to(adj.dtype) - adj
+
+
+def flip_edges(
+    adj: torch.Tensor, flips: torch.Tensor, pairs: torch.Tensor, directed: bool = False
+) -> torch.Tensor:
+    """``A + S o C`` (module docstring): S holds ``flips`` at ``pairs`` (:func:`flip_pairs`),
+    mirrored to the lower triangle unless ``directed``; ``C = 11^T - 2A - I`` for a 0/1 ``A``.
 
     Args:
-        adj: (n, n) symmetric 0/1 adjacency with zero diagonal.
-        flips: (m,) values in [0, 1] for the ``upper`` pairs (continuous or 0/1).
-        upper: (2, m) ``torch.triu_indices(n, n, 1)``.
+        adj: (n, n) non-negative adjacency with zero diagonal (symmetric unless ``directed``).
+        flips: (m,) values in [0, 1] for the ``pairs`` (continuous or 0/1).
+        pairs: (2, m) node pairs, e.g. ``torch.triu_indices(n, n, 1)``.
+        directed: each ordered pair flips on its own.
     """
     n = adj.shape[0]
     s = torch.zeros(n, n, dtype=adj.dtype, device=adj.device).index_put(
-        (upper[0], upper[1]), flips.to(adj.dtype)
+        (pairs[0], pairs[1]), flips.to(adj.dtype)
     )
-    s = s + s.T
-    complement = 1.0 - 2.0 * adj - torch.eye(n, dtype=adj.dtype, device=adj.device)
-    return adj + s * complement
+    if not directed:
+        s = s + s.T
+    return adj + s * _flip_complement(adj)
 
 
 def _sample_within_budget(
@@ -119,6 +157,7 @@ def pgd_adversarial_view(
     temperature: float | None = None,
     generator: torch.Generator | None = None,
     x_sparse: torch.Tensor | None = None,
+    directed: bool = False,
 ) -> AdversarialView:
     """Adversarial view of ``graph`` against ``view1`` by T steps of PGD (ARIEL, Sec. 4.2).
 
@@ -129,23 +168,26 @@ def pgd_adversarial_view(
         delta <- clamp(delta + beta * sign(grad_delta), -feature_eps, feature_eps)
 
     and finally draws discrete flips from Bernoulli(S). ``z_adv`` is the model's embedding of
-    ``(X + delta, D^-1/2 (A + I + S o (11^T - 2A - I)) D^-1/2)``. The view-1 embedding and its
+    ``(X + delta, D^-1/2 (A + I + S o (11^T - 2A - I)) D^-1/2)`` (weighted or directed graphs: the
+    module docstring). The view-1 embedding and its
     z1-z1 logit block are computed once, not per step (they depend on neither S nor delta).
 
     Args:
         model: the ARIEL model (treated as frozen; its parameters get no gradient).
         view1: the (n, h) projected view-1 embedding (detached here), or ``(x1, adj1_normalised)``
             to compute it.
-        graph: ``(adj, x)``: the clean subgraph's (n, n) symmetric 0/1 adjacency with zero diagonal
-            and its (n, F) dense features.
+        graph: ``(adj, x)``: the clean subgraph's (n, n) adjacency (0/1 or non-negative weights,
+            zero diagonal, symmetric unless ``directed``) and its (n, F) dense features.
         steps: T.
-        edge_budget: maximum number of flipped node pairs (ARIEL: 20% of the undirected edges).
+        edge_budget: maximum number of flipped node pairs (ARIEL: 20% of the undirected edges;
+            directed: of the directed edges).
         alpha: edge step size.
         beta: feature step size.
         feature_eps: L-infinity bound on delta.
         temperature: loss temperature (default: ``model.config.temperature``).
         generator: RNG for the Bernoulli draw.
         x_sparse: optional sparse (CSR/COO) copy of ``x``; ``X W_1`` is then a sparse product.
+        directed: one flip variable per ordered pair and the directed normalisation.
 
     Returns:
         :class:`AdversarialView` ``(adj, x, flip_probs, delta)``.
@@ -164,19 +206,22 @@ def pgd_adversarial_view(
         xw = model.first_linear(x if x_sparse is None else x_sparse)  # X W_1, constant
         eye = torch.eye(n, dtype=adj.dtype, device=adj.device)
         adj_loops = adj + eye  # A + I
-        complement = 1.0 - 2.0 * adj  # 11^T - 2A - I off the diagonal (S has a zero diagonal)
-    upper = torch.triu_indices(n, n, 1, device=adj.device)
-    s = torch.zeros(upper.shape[1], dtype=adj.dtype, device=adj.device)
+        complement = _flip_complement(adj)  # 11^T - 2A - I off the diagonal for a 0/1 A
+    pairs = flip_pairs(n, directed, adj.device)
+    s = torch.zeros(pairs.shape[1], dtype=adj.dtype, device=adj.device)
     delta = torch.zeros_like(x)
     for t in range(steps):
         s.requires_grad_(True)
         with torch.no_grad():  # (X + delta) W_1; delta = 0 at the first step
             h0 = xw.detach() if t == 0 else torch.addmm(xw, delta, weight.T)
         h0.requires_grad_(True)
-        flips = adj.new_zeros(n, n).index_put((upper[0], upper[1]), s)
-        relaxed = adj_loops + (flips + flips.T) * complement  # A + I + S o (11^T - 2A - I)
-        d = relaxed.sum(1).rsqrt()  # >= 1 thanks to the self-loop
-        adj_p = with_sparse_copy(d[:, None] * relaxed * d[None, :])  # S is mostly 0 after Proj
+        flips = adj.new_zeros(n, n).index_put((pairs[0], pairs[1]), s)
+        if not directed:
+            flips = flips + flips.T
+        relaxed = adj_loops + flips * complement  # A + I + S o (11^T - 2A - I)
+        d_in = relaxed.sum(1).rsqrt()  # >= 1 thanks to the self-loop
+        d_out = relaxed.sum(0).rsqrt() if directed else d_in
+        adj_p = with_sparse_copy(d_in[:, None] * relaxed * d_out[None, :])  # S mostly 0 after Proj
         loss = grace_loss_to_fixed(anchor, model.embed_projected_from_linear(h0, adj_p))
         grad_s, grad_h0 = torch.autograd.grad(loss, [s, h0])
         with torch.no_grad():
@@ -185,4 +230,4 @@ def pgd_adversarial_view(
             delta = (delta + beta * grad_d.sign()).clamp(-feature_eps, feature_eps)
     s, delta = s.detach(), delta.detach()
     flips = _sample_within_budget(s, edge_budget, generator)
-    return AdversarialView(flip_edges(adj, flips, upper), x + delta, s, delta)
+    return AdversarialView(flip_edges(adj, flips, pairs, directed), x + delta, s, delta)

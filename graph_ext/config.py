@@ -44,6 +44,14 @@ class ARIELConfig:
         normalize_features: row-normalise features before training. Default ``False`` because the
             published numbers come from code whose ``NormalizeFeatures`` never ran (the paper implies
             it does); ``True`` gives the intended behaviour and is reported beside it.
+        directed: keep the edges' direction: the GCN uses the in/out-degree normalisation
+            ``D_in^-1/2 (A + I) D_out^-1/2`` and the attack flips ordered pairs
+            (:mod:`graph_ext.adjacency`, :mod:`graph_ext.attack`). Default ``False``: the graph is
+            symmetrised, as GRACE and ARIEL do (their graphs are undirected), and the run says so
+            when the input had direction.
+        weighted: use the edge weights as the GCN's ``edge_weight`` (entries of ``A`` and so of the
+            degrees). Default ``False``: every edge weighs 1, as in the papers, and the run says so
+            when the input had weights.
     """
 
     hidden: int = 128  # Cora: num_hidden 128
@@ -64,6 +72,8 @@ class ARIELConfig:
     attack_steps: int = 5  # T = 5 PGD steps
     edge_budget_ratio: float = 0.2  # 20% of the undirected edges
     normalize_features: bool = False  # see docstring: matches the published numbers
+    directed: bool = False  # GRACE / ARIEL train on undirected graphs
+    weighted: bool = False  # GRACE / ARIEL's GCN has no edge weights
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:

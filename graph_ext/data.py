@@ -1,7 +1,9 @@
 """Graphs for ARIEL: the embedded default, PyG node data sets, and input checks.
 
-Everything becomes a ``torch_geometric.data.Data`` with ``x`` (N, F) float32, an undirected
-``edge_index`` (2, E) without self-loops, and ``y`` (N,) when labels exist.
+Everything becomes a ``torch_geometric.data.Data`` with ``x`` (N, F) float32, an ``edge_index``
+(2, E) without self-loops (undirected unless ``directed``), ``edge_weight`` (E,) when ``weighted``,
+and ``y`` (N,) when labels exist. A user's own files (edge list or ``.npz`` adjacency, string
+labels, optional features) are read by :mod:`graph_ext.own_data`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from plugins.errors import UserInputError
 __all__ = [
     "load_graph",
     "prepare_graph",
+    "describe_edges",
     "art_philo_science",
     "read_npz_sparse",
     "PYG_DATASETS",
@@ -211,14 +214,16 @@ def _load_pt(path: Path) -> Data:
     if isinstance(obj, dict):
         if "edge_index" not in obj:
             raise UserInputError(
-                f"graph file {path} holds a dict without 'edge_index'; expected keys x, edge_index, y."
+                f"graph file {path} holds a dict without 'edge_index'; expected keys x, "
+                "edge_index, y (and optional edge_weight)."
             )
-        obj = Data(**{k: v for k, v in obj.items() if k in ("x", "edge_index", "y")})
+        keep = ("x", "edge_index", "y", "edge_weight")
+        obj = Data(**{k: v for k, v in obj.items() if k in keep})
     if not isinstance(obj, Data):
         raise UserInputError(
             f"graph file {path} holds a {type(obj).__name__}; expected a torch_geometric Data or a dict."
         )
-    for key in ("x", "edge_index", "y"):
+    for key in ("x", "edge_index", "y", "edge_weight"):
         value = getattr(obj, key, None)
         if value is not None and not isinstance(value, torch.Tensor):
             raise UserInputError(
@@ -250,7 +255,8 @@ def load_graph(
             ``pubmed``, ``amazon-computers`` ...: the shared copy ``<shared>/<planetoid|amazon|
             coauthor>/<Name>/raw`` when present, else the download cache), a folder holding
             ``<Name>/raw/`` in PyG's layout, a ``.pt`` file with a ``Data`` or a dict with ``x``,
-            ``edge_index`` and optional ``y``, or a ``Data`` object.
+            ``edge_index`` and optional ``y``, a user's folder (or its ``edges.csv`` /
+            ``adjacency.npz``) in the layout of :mod:`graph_ext.own_data`, or a ``Data`` object.
         download: let PyG download a named data set found neither in the shared folder nor in the
             cache (:func:`pyg_cache_dir`); without it, a missing data set is one sentence saying
             where to put it.
@@ -272,6 +278,10 @@ def load_graph(
     if key in PYG_GRAPHS:
         return _named_pyg(key, download, data_flag=what != "--set datasets"), key
     path = Path(source)
+    from graph_ext.own_data import is_own_graph, read_own_graph
+
+    if is_own_graph(path):
+        return read_own_graph(path, what), path.stem if path.is_dir() else path.parent.name
     if path.suffix == ".pt":
         if not path.is_file():
             raise UserInputError(f"{what} {path}: graph file does not exist.")
@@ -281,8 +291,9 @@ def load_graph(
         if found is not None:
             return _from_raw(*found), found[0]
     raise UserInputError(
-        f"{what} {source!s} is neither a known graph ({', '.join(NAMED_GRAPHS)}), a .pt file, nor a "
-        "folder holding <Name>/raw of one of them in PyG's layout."
+        f"{what} {source!s} is neither a known graph ({', '.join(NAMED_GRAPHS)}), a .pt file, a "
+        "folder with edges.csv or adjacency.npz (and optional labels.csv, features.npy), nor a "
+        "folder holding <Name>/raw of a known graph in PyG's layout."
     )
 
 
@@ -290,7 +301,51 @@ def _isolated_only(n: int, edge_index: torch.Tensor) -> bool:
     return n > 1 and (edge_index.numel() == 0 or bool((edge_index[0] == edge_index[1]).all()))
 
 
-def prepare_graph(data: Data, normalize_features: bool = False) -> Data:
+def describe_edges(
+    edge_index: torch.Tensor, num_nodes: int, edge_weight: torch.Tensor | None = None
+) -> dict[str, int]:
+    """What the input edges hold: ``edges`` (distinct ordered pairs without self-loops),
+    ``self_loops`` (rows), ``duplicates`` (rows merged into an earlier one), ``directed_edges``
+    (distinct pairs ``u -> v`` whose reverse ``v -> u`` is absent) and ``weighted_edges``
+    (distinct pairs whose weight, duplicates added up, is not 1)."""
+    src, dst = edge_index.long()
+    loops = src == dst
+    key = src[~loops] * num_nodes + dst[~loops]
+    unique, inverse = key.unique(return_inverse=True)
+    out = {
+        "edges": int(unique.numel()),
+        "self_loops": int(loops.sum()),
+        "duplicates": int(key.numel() - unique.numel()),
+    }
+    reverse = (unique % num_nodes) * num_nodes + unique // num_nodes
+    out["directed_edges"] = int((~torch.isin(reverse, unique)).sum())
+    weighted = 0
+    if edge_weight is not None:
+        w = torch.zeros(unique.numel(), dtype=torch.float64)
+        w.index_add_(0, inverse, edge_weight[~loops].double())
+        weighted = int((w != 1).sum())
+    out["weighted_edges"] = weighted
+    return out
+
+
+def _check_edge_weight(weight: torch.Tensor, num_edges: int) -> torch.Tensor:
+    if tuple(weight.shape) != (num_edges,):
+        raise UserInputError(
+            f"edge_weight must hold one weight per edge ({num_edges},), got {tuple(weight.shape)}."
+        )
+    weight = weight.float()
+    bad = ~torch.isfinite(weight) | (weight < 0)
+    if bad.any():
+        raise UserInputError(
+            f"{int(bad.sum())} edge weights are negative, NaN or infinite (the first: "
+            f"{float(weight[bad][0])}); a GCN's edge weights must be finite and non-negative."
+        )
+    return weight
+
+
+def prepare_graph(
+    data: Data, normalize_features: bool = False, directed: bool = False, weighted: bool = False
+) -> Data:
     """Check and clean a graph for training.
 
     * edges must be (2, E) integer ids in ``[0, N)`` (:class:`UserInputError` otherwise);
@@ -301,12 +356,19 @@ def prepare_graph(data: Data, normalize_features: bool = False) -> Data:
     * sparse (COO/CSR) features at most :data:`SPARSE_MAX_DENSITY` non-zero stay sparse (CSR):
       Coauthor-Physics' 34,493 x 8,415 would be 1.2 GB dense; the sampler selects the rows of each
       subgraph. Denser ones (Amazon's, 35%) are made dense;
-    * the graph is made undirected and self-loops are dropped (the attack flips symmetric pairs);
+    * self-loops are dropped (the GCN gives every node one of weight 1) and duplicate edges merged
+      (their weights add up);
+    * direction and weights are a choice (:func:`describe_edges` counts them in the input): by
+      default the graph is made undirected and unweighted, as the papers do, with one warning
+      naming what was dropped; ``directed`` keeps ``edge_index`` as given, ``weighted`` keeps
+      ``data.edge_weight`` (finite, non-negative; required then). An undirected weighted graph
+      gives each pair the mean of the weights of ``u -> v`` and ``v -> u`` that exist, so an
+      edge listed once, or twice with the same weight, keeps its weight;
     * isolated nodes are kept (they get a self-loop in the GCN normalisation);
     * labels below 0 mark unlabelled nodes (left out of the evaluation and counted there);
     * ``normalize_features`` divides each row by its sum (PyG ``NormalizeFeatures`` arithmetic).
     """
-    from torch_geometric.utils import remove_self_loops, to_undirected
+    from torch_geometric.utils import coalesce, remove_self_loops, to_undirected
 
     edge_index = data.edge_index
     if edge_index is None or edge_index.ndim != 2 or edge_index.shape[0] != 2:
@@ -329,6 +391,15 @@ def prepare_graph(data: Data, normalize_features: bool = False) -> Data:
             f"the graph's {n} nodes are all isolated (no edge between two distinct nodes); "
             "ARIEL/GRACE need edges to propagate over and to drop."
         )
+    weight = data.edge_weight if "edge_weight" in data else None
+    if weight is not None:
+        weight = _check_edge_weight(weight, edge_index.shape[1])
+    elif weighted:
+        raise UserInputError(
+            "--set weighted=true, but the graph has no edge weights (an edge list needs a "
+            "weight column: source,target,weight)."
+        )
+    _warn_dropped(describe_edges(edge_index, n, weight), directed, weighted)
     x = data.x
     if x is None:
         warnings.warn(
@@ -346,11 +417,46 @@ def prepare_graph(data: Data, normalize_features: bool = False) -> Data:
         if normalize_features:
             x = x - x.min()  # same arithmetic as PyG's NormalizeFeatures
             x = x / x.sum(1, keepdim=True).clamp_min(1.0)
-    edge_index = to_undirected(remove_self_loops(edge_index.long())[0], num_nodes=n)
+    weight = weight if weighted else None
+    edge_index, weight = remove_self_loops(edge_index.long(), weight)
+    if weight is None:
+        edge_index = edge_index if directed else to_undirected(edge_index, num_nodes=n)
+        edge_index = coalesce(edge_index, num_nodes=n)  # a no-op after to_undirected
+    else:
+        edge_index, weight = coalesce(edge_index, weight, num_nodes=n)  # duplicates add up
+        if not directed:
+            edge_index, weight = to_undirected(edge_index, weight, num_nodes=n, reduce="mean")
     y = data.y
     if y is not None and y.shape[0] != n:
         raise UserInputError(f"y has {y.shape[0]} labels but the graph has {n} nodes.")
-    return Data(x=x, edge_index=edge_index, y=y, num_nodes=n)
+    out = Data(x=x, edge_index=edge_index, y=y, num_nodes=n)
+    if weight is not None:
+        out.edge_weight = weight
+    return out
+
+
+def _warn_dropped(report: dict[str, int], directed: bool, weighted: bool) -> None:
+    """The one warning of a default run on a directed or weighted input."""
+    dropped = []
+    if report["directed_edges"] and not directed:
+        dropped.append(
+            f"direction ({report['directed_edges']} of its {report['edges']} edges have no "
+            "reverse edge; --set directed=true keeps it)"
+        )
+    if report["weighted_edges"] and not weighted:
+        dropped.append(
+            f"weights ({report['weighted_edges']} of its {report['edges']} edges weigh other "
+            "than 1; --set weighted=true uses them)"
+        )
+    if dropped:
+        what = "undirected" if not directed and report["directed_edges"] else "unweighted"
+        if len(dropped) == 2:
+            what = "undirected, unweighted"
+        warnings.warn(
+            f"the graph has {' and '.join(dropped)}; training on the {what} graph, as "
+            "GRACE and ARIEL do.",
+            stacklevel=3,
+        )
 
 
 def _prepare_sparse(x: torch.Tensor, normalize: bool) -> torch.Tensor:

@@ -25,9 +25,23 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["evaluate_node_embeddings", "C_GRID"]
+__all__ = ["evaluate_node_embeddings", "split_indices", "C_GRID"]
 
 C_GRID = tuple(float(c) for c in 2.0 ** np.arange(-10, 10))  # GRACE / ARIEL evaluation grid
+
+
+def split_indices(
+    n: int, train_ratio: float, seed: int, classifier: str = "multinomial"
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, test)`` positions among ``n`` labelled nodes of the split with ``seed``: the split
+    each classifier's protocol draws (``train_test_split`` permutes positions only, so splitting
+    the positions gives the same partition as splitting the arrays). ``ovr`` passes
+    ``test_size=1 - train_ratio`` as the reference evaluation, ``multinomial`` ``train_size``;
+    the two can round to different sizes."""
+    from sklearn.model_selection import train_test_split
+
+    size = {"test_size": 1 - train_ratio} if classifier == "ovr" else {"train_size": train_ratio}
+    return train_test_split(np.arange(n), **size, random_state=seed)
 
 
 def _ovr_split(
@@ -35,10 +49,11 @@ def _ovr_split(
 ) -> tuple[float, float]:
     """One split of the authors' protocol: ``(accuracy %, chosen C)``."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GridSearchCV, train_test_split
+    from sklearn.model_selection import GridSearchCV
     from sklearn.multiclass import OneVsRestClassifier
 
-    xtr, xte, ytr, yte = train_test_split(x, onehot, test_size=1 - train_ratio, random_state=seed)
+    tr, te = split_indices(len(x), train_ratio, seed, "ovr")
+    xtr, xte, ytr, yte = x[tr], x[te], onehot[tr], onehot[te]
     clf = GridSearchCV(
         OneVsRestClassifier(LogisticRegression(solver="liblinear")),
         {"estimator__C": list(c_grid)},
@@ -56,9 +71,9 @@ def _multinomial_split(
     x: np.ndarray, labels: np.ndarray, train_ratio: float, seed: int, folds: int, c_grid
 ) -> tuple[float, float]:
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-    from sklearn.model_selection import train_test_split
 
-    xtr, xte, ytr, yte = train_test_split(x, labels, train_size=train_ratio, random_state=seed)
+    tr, te = split_indices(len(x), train_ratio, seed, "multinomial")
+    xtr, xte, ytr, yte = x[tr], x[te], labels[tr], labels[te]
     counts = np.bincount(ytr)
     cv = int(min(folds, counts[counts > 0].min()))
     if len(np.unique(ytr)) < 2:

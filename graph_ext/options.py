@@ -41,6 +41,10 @@ _HELP = {
     "attack_steps": "PGD iterations T",
     "edge_budget_ratio": "edge flips allowed, as a fraction of the subgraph's edges",
     "normalize_features": "row-normalise node features (false: as the authors' published runs)",
+    "directed": "keep edge direction: in/out-degree normalisation D_in^-1/2 (A+I) D_out^-1/2, "
+    "the attack flips ordered pairs (false: symmetrise, as the papers)",
+    "weighted": "use the edge weights as the GCN's edge_weight (false: every edge weighs 1, "
+    "as the papers)",
 }
 _RANGES: dict[str, tuple[float | None, float | None]] = {
     "hidden": (1, None),
@@ -116,6 +120,15 @@ _CLASSIFIER = Option(
 _EVAL_JOBS = Option(
     "eval_jobs", "int", 1, "evaluation splits run in parallel threads (same result)", low=1
 )
+_FEATURES = Option(
+    "features",
+    "str",
+    None,
+    "node features built from the graph instead of the data's: identity (one-hot node) or degree "
+    "(one-hot of the number of neighbours, capped at 64)",
+    choices=("identity", "degree"),
+    default_doc="the data's features, else identity",
+)
 _SPLITS = Option(
     "splits", "int", 20, "random train/test splits of the node-classification evaluation", low=1
 )
@@ -131,6 +144,7 @@ def _run_set(exclude: tuple[str, ...]) -> OptionSet:
             "with <Name>/raw in PyG's layout",
         ),
         _config_options(exclude),
+        _FEATURES,
         dataclasses.replace(_SPLITS, demo_default=5),
         Option(
             "train_ratio",
@@ -172,7 +186,8 @@ def _reproduce_set() -> OptionSet:
             "the authors' epochs (300 Cora, 200 CiteSeer, 2000 Amazon, 1000 CS, 1500 Physics); "
             "false: a third to a tenth of them",
         ),
-        _config_options(("normalize_features",)),  # set by the variant
+        # normalize_features is set by the variant; the named graphs are undirected, unweighted
+        _config_options(("normalize_features", "directed", "weighted")),
         _SPLITS,
         Option(
             "train_ratio",

@@ -10,9 +10,10 @@ from typing import Any
 import torch
 
 from graph_ext.config import NAMED_GRAPHS, PRESETS, ARIELConfig, config_for
-from graph_ext.data import load_graph, prepare_graph
-from graph_ext.evaluate import evaluate_node_embeddings
+from graph_ext.data import describe_edges, load_graph, prepare_graph
+from graph_ext.evaluate import evaluate_node_embeddings, split_indices
 from graph_ext.model import ARIEL
+from graph_ext.own_data import data_summary, structural_features, summary_lines
 from graph_ext.train import TrainResult, embed_graph, train
 from plugins.checkpoint import Checkpointer
 from plugins.errors import UserInputError
@@ -82,8 +83,16 @@ def _train_and_evaluate(
     run_dir: RunDir,
     checkpointer: Checkpointer | None,
     embedding_map: bool = True,
+    features: str | None = None,
 ) -> dict[str, float]:
-    data = prepare_graph(raw, cfg.normalize_features)
+    features_from = "data" if raw.x is not None else "identity"
+    if features is not None:  # --set features=identity|degree: built from the graph
+        raw = raw.clone()
+        raw.x = structural_features(raw.edge_index, raw.num_nodes, features)
+        features_from = features
+    data = prepare_graph(raw, cfg.normalize_features, cfg.directed, cfg.weighted)
+    weights = raw.edge_weight if "edge_weight" in raw else None
+    edges = describe_edges(raw.edge_index, data.num_nodes, weights)  # what the input held
     n = data.x.shape[0]
     splits = ctx.option("splits")
     labelled = n if data.y is None else int((data.y >= 0).sum())
@@ -115,17 +124,28 @@ def _train_and_evaluate(
             f"the graph has {n} nodes, fewer than sample_size={cfg.sample_size}; every epoch trains on the whole graph.",
             stacklevel=2,
         )
+    classifier = ctx.option("classifier")
+    split_ix = (
+        []
+        if data.y is None
+        else [split_indices(labelled, ratio, ctx.seed + k, classifier) for k in range(splits)]
+    )  # the evaluation's own splits (evaluate_node_embeddings draws the same)
+    classes = list(getattr(raw, "class_names", None) or [])
+    summary = data_summary(data, edges, classes, split_ix, features_from, cfg.directed)
+    for line in summary_lines(summary):
+        print(f"{method}: {line}", flush=True)
     run_dir.save_config(
         {
             "method": method,
             "data": name,
             "nodes": n,
             "features": int(data.x.shape[1]),
-            "undirected_edges": int(data.edge_index.shape[1] // 2),
+            "features_from": features_from,
+            "edges": summary["edges"],  # undirected pairs, or ordered pairs when directed
             **cfg.to_dict(),  # includes the effective epochs
             "eval_splits": splits,
             "eval_train_ratio": ratio,
-            "eval_classifier": ctx.option("classifier"),
+            "eval_classifier": classifier,
             "eval_jobs": ctx.option("eval_jobs"),
             "seed": ctx.seed,
             "device": ctx.device,
@@ -157,7 +177,7 @@ def _train_and_evaluate(
             splits=splits,
             train_ratio=ratio,
             seed=ctx.seed,
-            classifier=ctx.option("classifier"),
+            classifier=classifier,
             progress=ctx.progress,
             n_jobs=ctx.option("eval_jobs"),
         )
@@ -177,13 +197,16 @@ def _train_and_evaluate(
         )
     run_dir.save_checkpoint(
         {
+            "method": method,
             "model": result.model.state_dict(),
             "config": cfg.to_dict(),
             "in_dim": data.x.shape[1],
             "data": name,
+            "features": features_from,  # how predict rebuilds the input features
+            "classes": classes,
         }
     )
-    run_dir.save_metrics(metrics)
+    run_dir.save_metrics({**metrics, "data_summary": summary})
     y = data.y if embedding_map else None  # t-SNE of a full graph takes ~1 min on a busy CPU
     _plots(method, name, result, z, embed_graph(untrained, data).cpu(), y, run_dir)
     return metrics
@@ -255,7 +278,14 @@ def _run(ctx: RunContext, method: str) -> dict[str, float]:
     # several times slower on a shared CPU
     with ctx.cpu_threads(1 if raw.num_nodes < 1000 else None):
         return _train_and_evaluate(
-            method, raw, name, cfg, ctx, ctx.run_dir, ctx.checkpointer(stages=("train",))
+            method,
+            raw,
+            name,
+            cfg,
+            ctx,
+            ctx.run_dir,
+            ctx.checkpointer(stages=("train",)),
+            features=ctx.option("features"),
         )
 
 

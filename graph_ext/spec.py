@@ -13,6 +13,7 @@ ARIEL = MethodSpec(
     demo_metric="acc_mean",
     options="graph_ext.options:OPTIONS",
     engine=("precision",),
+    extra={"predict": "graph_ext.predict:main"},
 )
 
 GRACE = MethodSpec(
@@ -26,4 +27,5 @@ GRACE = MethodSpec(
     demo_metric="acc_mean",
     options="graph_ext.options:GRACE_OPTIONS",
     engine=("precision",),
+    extra={"predict": "graph_ext.predict:main"},
 )

@@ -25,11 +25,13 @@ from graph_ext.attack import pgd_adversarial_view
 from graph_ext.config import ARIELConfig
 from graph_ext.loss import info_regularizer
 from graph_ext.model import ARIEL
+from plugins.errors import check_finite_loss
 from plugins.progress import progress_bar
 
 __all__ = [
     "mask_feature_columns",
     "sample_subgraph",
+    "sample_weighted_subgraph",
     "select_rows",
     "sparse_features",
     "dense_features",
@@ -52,17 +54,27 @@ def sample_subgraph(
     only the subgraph's rows are made dense (n x F, e.g. 500 x 8,415 = 17 MB on Physics).
 
     Returns:
-        ``(nodes (n,), edge_index (2, E_sub) relabelled to 0..n-1, x (n, F) dense)``.
+        ``(nodes (n,), edge_index (2, E_sub) relabelled to 0..n-1, x (n, F) dense)``; the
+        subgraph's edge weights are the last item of :func:`sample_weighted_subgraph`.
     """
+    return sample_weighted_subgraph(data, size)[:3]
+
+
+def sample_weighted_subgraph(
+    data: Data, size: int | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """:func:`sample_subgraph` plus the subgraph's ``edge_weight`` (E_sub,) (``None`` when
+    ``data`` has none): the same draw."""
     n = data.x.shape[0]
+    weight = data.edge_weight if "edge_weight" in data else None
     if size is None or size >= n:
         nodes = torch.arange(n, device=data.x.device)
-        return nodes, data.edge_index, dense_features(data.x)
+        return nodes, data.edge_index, dense_features(data.x), weight
     nodes = torch.randperm(n, device=data.x.device)[:size]
-    edge_index, _ = subgraph(nodes, data.edge_index, relabel_nodes=True, num_nodes=n)
+    edge_index, weight = subgraph(nodes, data.edge_index, weight, relabel_nodes=True, num_nodes=n)
     if data.x.layout == torch.strided:
-        return nodes, edge_index, data.x[nodes]
-    return nodes, edge_index, dense_features(select_rows(sparse_features(data.x), nodes))
+        return nodes, edge_index, data.x[nodes], weight
+    return nodes, edge_index, dense_features(select_rows(sparse_features(data.x), nodes)), weight
 
 
 def dense_features(x: torch.Tensor) -> torch.Tensor:
@@ -126,7 +138,11 @@ def mask_feature_columns(x: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def training_loss(
-    model: ARIEL, edge_index: torch.Tensor, x: torch.Tensor, x_sparse: torch.Tensor | None = None
+    model: ARIEL,
+    edge_index: torch.Tensor,
+    x: torch.Tensor,
+    x_sparse: torch.Tensor | None = None,
+    edge_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """ARIEL's objective on one (sub)graph (Feng et al., WWW 2022, Sec. 4, Algorithm 1).
 
@@ -135,32 +151,42 @@ def training_loss(
     (:func:`graph_ext.attack.pgd_adversarial_view`) and the information regulariser. The views'
     GCN normalisations are sparse matrices; the attack perturbs the dense one.
 
+    With ``model.config.directed`` every adjacency uses the directed normalisation and the attack
+    flips ordered pairs; with ``edge_weight`` a dropped edge takes its weight along and the attack
+    perturbs the weighted adjacency (:mod:`graph_ext.attack`).
+
     Args:
         model: the model; ``model.config`` holds the rates and weights.
-        edge_index: (2, E) undirected edges of the (sub)graph, ids in ``[0, n)``.
+        edge_index: (2, E) edges of the (sub)graph (undirected unless ``config.directed``), ids in
+            ``[0, n)``.
         x: (n, F) dense features.
         x_sparse: optional sparse CSR copy of ``x`` (:func:`sparse_features`, :func:`select_rows`);
             the feature products are then sparse. Same value (up to rounding) and random draws.
+        edge_weight: optional (E,) non-negative weights (the GCN's ``edge_weight``).
 
     Returns:
         ``(loss, parts)`` with the float values of each term.
     """
     c = model.config
     n = x.shape[0]
+    directed = c.directed
     feats = x if x_sparse is None else x_sparse
     views = []
     for de, df in zip(c.drop_edge, c.drop_feature, strict=True):
-        ei, _ = dropout_edge(edge_index, p=de)
-        views.append((mask_feature_columns(feats, df), normalized_adjacency(ei, n, sparse=True)))
+        ei, kept = dropout_edge(edge_index, p=de)
+        w = None if edge_weight is None else edge_weight[kept]
+        adj_view = normalized_adjacency(ei, n, sparse=True, edge_weight=w, directed=directed)
+        views.append((mask_feature_columns(feats, df), adj_view))
     z1 = model.embed_projected(*views[0])
     z2 = model.embed_projected(*views[1])
     contrast = model.loss(z1, z2)
     loss = contrast
     parts: dict[str, torch.Tensor | float] = {"contrast": contrast.detach()}
     if c.eps > 0 or c.lam > 0:
-        adj = dense_adjacency(edge_index, n)
+        adj = dense_adjacency(edge_index, n, edge_weight=edge_weight)
     if c.eps > 0:
-        budget = c.edge_budget_ratio * float(adj.triu(1).sum())
+        edges = adj != 0  # undirected: pairs of the upper triangle; directed: ordered pairs
+        budget = c.edge_budget_ratio * float(edges.sum() if directed else edges.triu(1).sum())
         adv = pgd_adversarial_view(
             model,
             z1,
@@ -172,23 +198,31 @@ def training_loss(
             c.feature_eps,
             c.temperature,
             x_sparse=x_sparse,
+            directed=directed,
         )
-        adv_edges = adv.adj.nonzero().T.flip(0)  # adj[dst, src] -> (src, dst)
+        dst, src = adv.adj.nonzero().T  # adj[dst, src] -> (src, dst)
+        adv_weight = None if edge_weight is None else adv.adj[dst, src]
         z_adv = model.embed_projected_from_linear(
             model.first_linear(feats, adv.delta),  # (X + delta) W_1
-            normalized_adjacency(adv_edges, n, sparse=True),
+            normalized_adjacency(
+                torch.stack([src, dst]), n, sparse=True, edge_weight=adv_weight, directed=directed
+            ),
         )
         adversarial = model.loss(z1, z_adv)
         loss = loss + c.eps * adversarial
-        changed = adv.adj - adj  # symmetric, zero diagonal: every pair counted twice
+        changed = adv.adj - adj  # zero diagonal; undirected: symmetric, every pair counted twice
+        per_pair = 1 if directed else 2
         parts.update(
             adversarial=adversarial.detach(),
-            edges_added=(changed > 0).sum() / 2,
-            edges_removed=(changed < 0).sum() / 2,
+            edges_added=(changed > 0).sum() / per_pair,
+            edges_removed=(changed < 0).sum() / per_pair,
             edge_budget=budget,
         )
     if c.lam > 0:
-        z = model.embed_projected(feats, normalized_adjacency(edge_index, n, sparse=True))
+        clean = normalized_adjacency(
+            edge_index, n, sparse=True, edge_weight=edge_weight, directed=directed
+        )
+        z = model.embed_projected(feats, clean)
         info = info_regularizer(z1, z2, z, c.temperature)
         loss = loss + c.lam * info
         parts["info"] = info.detach()
@@ -206,14 +240,20 @@ def embed_graph(model: ARIEL, data: Data, dense: bool = False) -> torch.Tensor:
     sparse, so ``X W_1`` is a sparse product: on Coauthor-Physics (34,493 nodes, 8,415 features)
     the largest tensors are the (N, 2h) activations. ``dense=True`` is the literal reference path
     (dense features, dense N x N adjacency), kept for the equivalence test on small graphs.
+    ``data.edge_weight`` (when present) and ``model.config.directed`` enter the normalisation as in
+    training.
     """
     model.eval()
     n = data.x.shape[0]
+    norm = {
+        "edge_weight": data.edge_weight if "edge_weight" in data else None,
+        "directed": model.config.directed,
+    }
     if dense:
-        adj = normalized_adjacency(data.edge_index, n, sparse=False)
+        adj = normalized_adjacency(data.edge_index, n, sparse=False, **norm)
         z = model(dense_features(data.x), adj)
     else:
-        adj = normalized_adjacency(data.edge_index, n, sparse=True)
+        adj = normalized_adjacency(data.edge_index, n, sparse=True, **norm)
         x = data.x if data.x.layout == torch.strided else sparse_features(data.x)
         z = model(x, adj)
     model.train()
@@ -237,7 +277,8 @@ def train(
     checkpointer: Any = None,
     autocast: Any = None,
 ) -> TrainResult:
-    """Train ARIEL (or GRACE) on a prepared graph (:func:`graph_ext.data.prepare_graph`).
+    """Train ARIEL (or GRACE) on a prepared graph (:func:`graph_ext.data.prepare_graph`, with the
+    same ``directed`` / ``weighted`` as ``config``; ``data.edge_weight`` is used when present).
 
     ``autocast``: a context for the forward passes (``plugins.engine_settings.autocast(ctx)`` for
     ``--precision bf16-mixed``); the losses stay in float32.
@@ -262,13 +303,14 @@ def train(
         total=config.epochs, initial=first, desc=desc, show=progress, unit="epoch"
     ) as bar:
         for epoch in range(first, config.epochs):
-            nodes, edge_index, x = sample_subgraph(data, config.sample_size)
+            nodes, edge_index, x, weight = sample_weighted_subgraph(data, config.sample_size)
             x_sparse = None if features is None else select_rows(features, nodes)
             with autocast if autocast is not None else contextlib.nullcontext():
-                loss, parts = training_loss(model, edge_index, x, x_sparse)
+                loss, parts = training_loss(model, edge_index, x, x_sparse, weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            check_finite_loss(parts["loss"], epoch)
             result.history.append(parts)
             bar.update()
             bar.set_postfix(epoch=epoch + 1, loss=f"{parts['loss']:.3f}", refresh=False)

@@ -79,9 +79,19 @@ def test_embedded_default_is_real_art_philo_science() -> None:
     data, name = load_graph(None)
     assert name == "art_philo_science"
     assert data.x.shape == (30, 11) and int(data.y.max()) == 2
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # it has features: no identity warning
+    from sknetwork.data import art_philo_science
+
+    adj = art_philo_science().astype(int)
+    adj.setdiag(0)
+    adj.eliminate_zeros()
+    one_way = int(((adj - adj.T) > 0).sum())  # links i -> j without j -> i
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         prepare_graph(data)
+    # it has features: no identity warning; its Wikipedia links are directed: said once
+    assert [str(w.message).split(";")[0] for w in caught] == [
+        f"the graph has direction ({one_way} of its {adj.nnz} edges have no reverse edge"
+    ]
 
 
 @pytest.mark.skipif(
