@@ -45,6 +45,10 @@ def free_port() -> int:
 def _entry(
     rank: int, worker: Callable[..., Any], world_size: int, port: int, out: str, args: tuple
 ) -> None:
+    # A forked child inherits the parent's OpenMP thread pool in a state it cannot use: after a
+    # test session had run parallel matrix products, both ranks hung in their first matmul. One
+    # intra-op thread never enters the pool (and the ranks of a test share two cores anyway).
+    torch.set_num_threads(1)
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
     )
