@@ -22,6 +22,8 @@ _EXPORTS = {
     "load_pretrained": "torchgeo_ext.export",
     "RSSegDataModule": "torchgeo_ext.data",
     "PotsdamPatchDataModule": "torchgeo_ext.data",
+    "GeoTiffDataModule": "torchgeo_ext.geotiff",
+    "GeoTiffRaster": "torchgeo_ext.geotiff",
     "sliding_window_logits": "torchgeo_ext.evaluate",
     "evaluate_scenes": "torchgeo_ext.evaluate",
 }

@@ -66,6 +66,25 @@ def decoder_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return _strip(state, DECODER_PREFIXES)
 
 
+def first_conv_bands(module_or_state: nn.Module | Mapping[str, torch.Tensor]) -> int | None:
+    """Input bands of the first convolution of an encoder (module) or an encoder state dict."""
+    if isinstance(module_or_state, nn.Module):
+        conv = next((m for m in module_or_state.modules() if isinstance(m, nn.Conv2d)), None)
+        return conv.in_channels if conv is not None else None
+    w = next((v for v in module_or_state.values() if v.ndim == 4), None)
+    return int(w.shape[1]) if w is not None else None
+
+
+def check_bands(enc: Mapping[str, torch.Tensor], encoder: nn.Module, path: str | Path) -> None:
+    """One sentence when the checkpoint's encoder was trained on another band count."""
+    theirs, mine = first_conv_bands(enc), first_conv_bands(encoder)
+    if theirs is not None and mine is not None and theirs != mine:
+        raise UserInputError(
+            f"checkpoint {path} was trained on {theirs} bands but this model takes {mine}; "
+            f"select the same {theirs} bands (data bands=[...]) and set in_channels={theirs}."
+        )
+
+
 def export_encoder(checkpoint: str | Path, out: str | Path) -> Path:
     """Write ``out`` so that ``SemanticSegmentationTask(model="deeplabv3+", backbone=B, weights=out)``
     loads the GLCNet encoder (torchgeo's ``utils.extract_backbone`` reads ``hyper_parameters.model``
@@ -97,6 +116,7 @@ def load_pretrained(
     as initialised.
     """
     enc = encoder_state_dict(checkpoint)
+    check_bands(enc, seg_model.encoder, checkpoint)
     try:
         seg_model.encoder.load_state_dict(enc, strict=True)
     except RuntimeError as err:

@@ -74,6 +74,24 @@ RUN_OPTIONS = OptionSet(
         default_doc="2,1,0 on the embedded Sentinel-2 tile; 0,1,2 for a GeoTIFF of 3+ bands, else none",
     ),
     Option("clusters", "int", 5, "k-means classes of the label-free class map", low=2),
+    Option(
+        "bands",
+        "str",
+        None,
+        "bands of --data to use: 1-based numbers or band names (e.g. 1,2,3 or red,green,blue)",
+        many=True,
+        nullable=True,
+        default_doc="all bands",
+    ),
+    Option(
+        "nodata",
+        "float",
+        None,
+        "nodata value of --data files that declare none (nodata pixels are skipped, left out "
+        "of the stretch and written as 255 in the class map)",
+        nullable=True,
+        default_doc="the files' own nodata value",
+    ),
 )
 
 REPRODUCE_OPTIONS = OptionSet(

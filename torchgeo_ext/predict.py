@@ -29,6 +29,10 @@ from torch import nn
 from plugins.checkpoint import load_checkpoint
 from plugins.errors import UserInputError
 from torchgeo_ext.evaluate import sliding_window_logits
+from torchgeo_ext.options import OUTPUT_STRIDE
+
+NODATA = 255
+"""The class map's nodata value (uint8): input pixels that are nodata in any band."""
 
 
 class CentroidSegmenter(nn.Module):
@@ -95,7 +99,14 @@ def load_segmenter(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise UserInputError(
             f"checkpoint {path} does not hold a model this command can build ({first[:150]})."
         ) from None
-    meta = {k: ckpt.get(k, hp.get(k)) for k in ("band_min", "band_max", "classes", "colormap")}
+    # a Lightning checkpoint written with GeoTiffDataModule holds its state (bands, stretch)
+    data_state = next(
+        (v for v in ckpt.values() if isinstance(v, dict) and "band_min" in v and "bands" in v), {}
+    )
+    meta = {
+        k: ckpt.get(k, hp.get(k, data_state.get(k)))
+        for k in ("band_min", "band_max", "classes", "colormap", "bands", "nodata")
+    }
     meta.update(in_channels=hp["in_channels"], num_classes=hp["num_classes"])
     if "centroids" in ckpt and not meta.get("classes"):
         meta["classes"] = [f"cluster {i}" for i in range(hp["num_classes"])]
@@ -122,6 +133,16 @@ def default_colormap(k: int) -> np.ndarray:
     )
 
 
+def check_window(window: int, stride: int) -> None:
+    """One sentence for a window the network cannot take or a stride outside 1..window."""
+    if window < OUTPUT_STRIDE or window % OUTPUT_STRIDE:
+        raise UserInputError(
+            f"--window must be a multiple of {OUTPUT_STRIDE} (DeepLabv3+ output stride), got {window}."
+        )
+    if not 1 <= stride <= window:
+        raise UserInputError(f"--stride must be in 1..--window ({window}), got {stride}.")
+
+
 def predict_geotiff(
     checkpoint: str | Path,
     src: str | Path,
@@ -131,26 +152,44 @@ def predict_geotiff(
     block: int = 1024,
     device: str | torch.device = "cpu",
     preview: bool = True,
+    bands: list[int | str] | None = None,
+    nodata: float | None = None,
 ) -> dict[str, Any]:
     """Write the class map of ``src`` to ``dst`` (GeoTIFF) and, with ``preview``, ``dst`` with
     ``.png`` (the map with a legend per class).
 
-    Both are written under temporary names in ``dst``'s folder and renamed when complete, so a
-    failure (a corrupt block, NaN pixels) leaves no output. NaN/inf pixels that the file does not
-    declare as nodata are counted over the whole raster and refused in one sentence."""
+    ``bands``: 1-based numbers or names (default: the checkpoint's, else all). nodata pixels (the
+    file's nodata, or ``nodata``, or the checkpoint's) in any selected band are written as the
+    output's nodata value (255) and fed to the network as 0. Overlapping windows are blended with
+    :func:`torchgeo_ext.evaluate.blend_weights` (linear), so window edges leave no seams.
+
+    Both files are written under temporary names in ``dst``'s folder and renamed when complete,
+    so a failure (a corrupt block, NaN pixels) leaves no output. NaN/inf pixels that the file
+    does not declare as nodata are counted over the whole raster and refused in one sentence."""
     import rasterio
 
     from torchgeo_ext.data import raise_nonfinite
+    from torchgeo_ext.geotiff import resolve_bands
 
+    check_window(window, stride)
     dst = Path(dst)
     if dst.resolve() == Path(src).resolve():
         raise UserInputError(f"output {dst} is the input; choose another output path.")
     model, meta = load_segmenter(checkpoint)
     model.to(device)
     try:
+        numbers, names = resolve_bands(src, bands if bands else meta.get("bands"))
         ds = rasterio.open(src)
     except rasterio.errors.RasterioIOError:
         raise UserInputError(f"{src} is not a readable GeoTIFF.") from None
+    if len(numbers) != meta["in_channels"]:
+        ds.close()
+        raise UserInputError(
+            f"{src} has {len(numbers)} bands but the checkpoint expects {meta['in_channels']} "
+            f"(bands read: {', '.join(names)}); choose {meta['in_channels']} with --bands."
+        )
+    meta["bands"] = numbers
+    meta["nodata"] = nodata if nodata is not None else meta.get("nodata")
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
     os.close(fd)
@@ -172,6 +211,8 @@ def predict_geotiff(
         "output": str(dst),
         "preview": str(png) if png else None,
         "class_pixels": counts["class_pixels"],
+        "nodata_pixels": counts["nodata_pixels"],
+        "bands": meta["bands"],
     }
 
 
@@ -193,12 +234,15 @@ def _predict_blocks(
 
     from torchgeo_ext.data import nonfinite_counts
 
-    if ds.count != meta["in_channels"]:
+    numbers = meta.get("bands") or list(range(1, ds.count + 1))
+    if len(numbers) != meta["in_channels"]:
         raise UserInputError(
-            f"{src} has {ds.count} bands but the checkpoint expects {meta['in_channels']}."
+            f"{src} has {len(numbers)} bands but the checkpoint expects {meta['in_channels']}."
         )
+    override = meta.get("nodata")
     profile = ds.profile.copy()
-    profile.update(driver="GTiff", count=1, dtype="uint8", nodata=None, compress="deflate")
+    profile.update(driver="GTiff", count=1, dtype="uint8", nodata=NODATA, compress="deflate")
+    profile.pop("photometric", None)
     if ds.width >= 256 and ds.height >= 256:
         profile.update(tiled=True, blockxsize=256, blockysize=256)
     else:
@@ -207,6 +251,7 @@ def _predict_blocks(
     halo = window // 2
     counts = np.zeros(meta["num_classes"], np.int64)
     bad = np.zeros(3, np.int64)
+    nodata_px = 0
     with rasterio.open(out_path, "w", **profile) as out:
         for r in range(0, ds.height, block):
             for c in range(0, ds.width, block):
@@ -214,23 +259,47 @@ def _predict_blocks(
                 r0, c0 = max(0, r - halo), max(0, c - halo)
                 r1, c1 = min(ds.height, r + h + halo), min(ds.width, c + w + halo)
                 try:
-                    data = ds.read(window=Window(c0, r0, c1 - c0, r1 - r0))
+                    data = ds.read(numbers, window=Window(c0, r0, c1 - c0, r1 - r0))
                 except rasterio.errors.RasterioIOError:
                     raise UserInputError(
                         f"{src} is corrupt: reading rows {r0}-{r1} failed."
                     ) from None
                 centre = data[:, r - r0 : r - r0 + h, c - c0 : c - c0 + w]
-                bad += nonfinite_counts(centre, ds.nodata)
+                values, pixels, _ = nonfinite_counts(centre, ds.nodata)
+                bad += (values, pixels, 0)  # declared nodata (NaN included) is handled below
                 if bad.any():
                     continue  # the run fails; only count what is left
-                x = scale_bands(data, meta).to(device)
-                pred = sliding_window_logits(model, x, meta["num_classes"], window, stride).argmax(
-                    0
+                invalid = nodata_mask(data, override if override is not None else ds.nodata)
+                x = scale_bands(np.where(invalid, 0, data), meta)
+                x[:, torch.from_numpy(invalid)] = 0
+                prob = sliding_window_logits(
+                    model, x.to(device), meta["num_classes"], window, stride
                 )
-                pred = pred[r - r0 : r - r0 + h, c - c0 : c - c0 + w].cpu().numpy().astype(np.uint8)
-                counts += np.bincount(pred.reshape(-1), minlength=meta["num_classes"])
+                pred = prob.argmax(0)[r - r0 : r - r0 + h, c - c0 : c - c0 + w].cpu().numpy()
+                pred = pred.astype(np.uint8)
+                hole = invalid[r - r0 : r - r0 + h, c - c0 : c - c0 + w]
+                pred[hole] = NODATA
+                nodata_px += int(hole.sum())
+                counts += np.bincount(pred[~hole].reshape(-1), minlength=meta["num_classes"])
                 out.write(pred, 1, window=Window(c, r, w, h))
-    return {"class_pixels": counts.tolist(), "nonfinite": tuple(int(v) for v in bad)}
+    return {
+        "class_pixels": counts.tolist(),
+        "nodata_pixels": nodata_px,
+        "nonfinite": tuple(int(v) for v in bad),
+    }
+
+
+def nodata_mask(data: np.ndarray, nodata: float | None = None) -> np.ndarray:
+    """(H, W) True where any band of a (C, H, W) block is nodata: equal to ``nodata`` or NaN.
+
+    Only the nodata value decides, never an alpha band (GDAL reads the 4th band of an RGB-like
+    uint8 file as alpha, which for RGB+IR imagery is the infrared band)."""
+    invalid = np.zeros(data.shape[1:], bool)
+    if np.issubdtype(data.dtype, np.floating):
+        invalid |= np.isnan(data).any(0)
+    if nodata is not None and not np.isnan(nodata):
+        invalid |= (data == np.asarray(nodata).astype(data.dtype)).any(0)
+    return invalid
 
 
 def read_decimated(path: str | Path, max_side: int = 1024) -> np.ndarray:
@@ -258,7 +327,10 @@ def save_preview(
     k = meta["num_classes"]
     names = list(meta.get("classes") or [])
     names = [str(n) for n in names[:k]] + [f"class {i}" for i in range(len(names), k)]
-    fig = class_map_figure(labels, names, title=Path(out or path).stem)
+    has_nodata = bool((labels == NODATA).any())  # a "nodata" legend entry only when there is some
+    fig = class_map_figure(
+        labels, names, title=Path(out or path).stem, nodata=NODATA if has_nodata else None
+    )
     out = Path(out) if out is not None else Path(path).with_suffix(".png")
     try:
         atomic_write_bytes(
@@ -317,14 +389,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--stride",
         type=_int_at_least(1),
         default=128,
-        help="step between sliding windows, 1 to --window; overlapping windows are averaged "
-        "(default 128, the paper's)",
+        help="step between sliding windows, 1 to --window; overlapping windows are blended "
+        "with a linear weight, highest at each window's centre (default 128, the paper's)",
     )
     p.add_argument(
         "--block",
         type=_int_at_least(1),
         default=1024,
         help="pixels per read block (plus a half-window halo); bounds memory (default 1024)",
+    )
+    p.add_argument(
+        "--bands",
+        default=None,
+        help="bands to read, comma-separated 1-based numbers or band names, e.g. 1,2,3 or "
+        "red,green,blue (default: the checkpoint's bands, else all)",
+    )
+    p.add_argument(
+        "--nodata",
+        type=float,
+        default=None,
+        help="nodata value for inputs that declare none (default: the file's, else the "
+        "checkpoint's); nodata pixels are written as 255",
     )
     p.add_argument(
         "--device",
@@ -336,17 +421,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.window % 16:
-        raise UserInputError(
-            f"--window must be a multiple of 16 (DeepLabv3+ output stride), got {args.window}."
-        )
-    if args.stride > args.window:
-        raise UserInputError(f"--stride must be in 1..--window ({args.window}), got {args.stride}.")
+    check_window(args.window, args.stride)
     device = _device(args.device)
+    bands = [b for b in args.bands.split(",") if b.strip()] if args.bands else None
     res = predict_geotiff(
-        args.checkpoint, args.input, args.output, args.window, args.stride, args.block, device
+        args.checkpoint,
+        args.input,
+        args.output,
+        args.window,
+        args.stride,
+        args.block,
+        device,
+        bands=bands,
+        nodata=args.nodata,
     )
-    print(f"wrote {res['output']} and {res['preview']}; pixels per class: {res['class_pixels']}")
+    print(
+        f"wrote {res['output']} and {res['preview']}; bands {res['bands']}; pixels per class: "
+        f"{res['class_pixels']}; nodata pixels: {res['nodata_pixels']}"
+    )
     return 0
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -247,30 +248,6 @@ def _plot_views(ctx: RunContext, task: GLCNetTask, batch: torch.Tensor, rgb: lis
     ctx.run_dir.save_figure(fig, "matched_windows.png")
 
 
-@torch.no_grad()
-def _global_embeddings(
-    task: GLCNetTask, image: torch.Tensor, size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Global embeddings (N, 64) of the non-overlapping crops of one image, and each crop's index."""
-    task.eval()
-    wins = D.grid_windows(image.shape[1], image.shape[2], size, size // 2)
-    crops = torch.stack([image[:, r : r + size, c : c + size] for r, c in wins])
-    return task.model(crops)[0], torch.arange(len(crops))
-
-
-def _read_geotiff(path: Path) -> np.ndarray:
-    """All bands of ``path``; one sentence for an unreadable file or NaN/inf pixels."""
-    import rasterio
-
-    try:
-        with rasterio.open(path) as ds:
-            raw = ds.read()
-            nodata = ds.nodata
-    except rasterio.errors.RasterioIOError:
-        raise UserInputError(f"{path} is not a readable GeoTIFF.") from None
-    return D.check_raster_finite(raw, path, nodata)
-
-
 def _write_embedded_tile(raw: np.ndarray, path: Path) -> None:
     import rasterio
     from rasterio.transform import from_origin
@@ -295,14 +272,14 @@ def _display_rgb(image: np.ndarray, rgb: list[int] | None, max_side: int = 1024)
 
 
 def run(ctx: RunContext) -> dict[str, float]:
-    """Pretrain GLCNet on one image (the embedded Sentinel-2 tile or a GeoTIFF), then predict a
-    label-free class map (k-means centroids over the dense features) as a GeoTIFF.
+    """Pretrain GLCNet on GeoTIFFs (``--data``: a file or a folder; default: the embedded
+    Sentinel-2 tile), then predict a label-free class map (k-means centroids over the dense
+    features) of each file as a GeoTIFF. The data go through
+    :class:`torchgeo_ext.geotiff.GeoTiffDataModule` (see :func:`_run_geotiffs`).
 
     ``--checkpoint-every`` writes ``last.ckpt`` (a Lightning checkpoint) during the pretraining and
     ``--resume`` continues it to the same final parameters as an uninterrupted run."""
-    from sklearn.cluster import KMeans
-
-    from torchgeo_ext.predict import predict_geotiff, scale_bands
+    import tempfile
 
     seed_everything(ctx.seed, verbose=False)
     t0 = time.time()
@@ -311,131 +288,22 @@ def run(ctx: RunContext) -> dict[str, float]:
     batch = ctx.option("batch_size")
     k = ctx.option("clusters")
     backbone = _check_backbone(ctx.option("backbone"))
-    if ctx.data is None:
-        raw, names = D.load_sentinel2_tile()
-        rgb = ctx.option("rgb_bands", [2, 1, 0])
-        src_tif = None
-    elif str(ctx.data).lower().endswith((".tif", ".tiff")):
-        src_tif = Path(ctx.data)
-        raw = _read_geotiff(src_tif)
-        names = [f"band{i + 1}" for i in range(raw.shape[0])]
-        rgb = ctx.option("rgb_bands", [0, 1, 2] if raw.shape[0] >= 3 else None)
-    else:
-        raise UserInputError(
-            f"--data must be a GeoTIFF (.tif), got {ctx.data}; for rs_seg use `torchgeo fit --config torchgeo_ext/configs/glcnet_rs_seg_pretrain.yaml`."
-        )
-    where = src_tif or "the embedded Sentinel-2 tile"
-    if rgb is not None and max(rgb) >= raw.shape[0]:
-        raise UserInputError(
-            f"--set rgb_bands={','.join(map(str, rgb))}: {where} has {raw.shape[0]} bands "
-            f"(indices 0 to {raw.shape[0] - 1})."
-        )
-    if min(raw.shape[1:]) < size:
-        raise UserInputError(
-            f"{where} is {raw.shape[1]}x{raw.shape[2]} pixels, smaller than the {size}-pixel "
-            "view (--set size)."
-        )
-    lo, hi = D.band_range(raw)
-    image = scale_bands(raw, {"band_min": lo, "band_max": hi}).numpy()
-    crop = min(size + size // 4, *image.shape[1:])
-    train = D.ArrayCropDataset(image, crop, length=steps * batch, seed=ctx.seed, what=str(where))
-    task = _glcnet_task(ctx, image.shape[0], rgb, size, backbone)
-    if ctx.resume is not None:
-        _check_resume(ctx.resume, task, steps)
-    out = ctx.run_dir.ensure()
-    if src_tif is None:
-        src_tif = out / "sentinel2_tile.tif"
-        _write_embedded_tile(raw, src_tif)
-    config = {
-        "method": METHOD,
-        "data": str(ctx.data or "spyndex Sentinel-2 tile"),
-        "bands": names,
-        "backbone": backbone,
-        "size": size,
-        "patch_size": task.hparams["patch_size"],
-        "lr": task.hparams["lr"],
-        "rgb_bands": rgb,
-        "steps": steps,
-        "batch_size": batch,
-        "clusters": k,
-        "seed": ctx.seed,
-        "band_min": lo,
-        "band_max": hi,
-    }
-    ctx.run_dir.save_config(config)
-    losses = _fit(ctx, task, train, steps, batch, resumable=True, seed=ctx.seed)
-    task.to("cpu").eval()
-    ckpt = _save_task(ctx, task, "glcnet.ckpt")
-    from torchgeo_ext.export import export_encoder
-
-    export_encoder(ckpt, out / "glcnet_encoder_torchgeo.ckpt")
-
-    # DeepLab needs multiples of 16
-    side = min(256, image.shape[1] // 16 * 16, image.shape[2] // 16 * 16)
-    img_t = torch.from_numpy(image[:, :side, :side])
-    g, _ = _global_embeddings(task, img_t, size)
-    with torch.no_grad():
-        d = task.model.features(img_t[None])[1][0]  # (64, side, side)
-    pix = d.reshape(d.shape[0], -1).T.numpy()
-    rng = np.random.default_rng(ctx.seed)
-    km = KMeans(n_clusters=k, n_init=1, random_state=ctx.seed).fit(
-        pix[rng.permutation(len(pix))[:5000]]
-    )
-    seg_ckpt = ctx.run_dir.save_checkpoint(
-        {
-            "state_dict": task.state_dict(),
-            "hyper_parameters": dict(task.hparams),
-            "centroids": torch.from_numpy(km.cluster_centers_).float(),
-            "band_min": lo,
-            "band_max": hi,
-        },
-        "segmenter.ckpt",
-    )
-    pred = predict_geotiff(
-        seg_ckpt,
-        src_tif,
-        out / "classmap.tif",
-        window=size * 2,
-        stride=size * 2 if ctx.demo else size,
-        block=512,
-        preview=False,
-    )
-    _plot_class_map(ctx, out / "classmap.tif", _display_rgb(image, rgb), k)
-    pix_lab = km.predict(pix).reshape(side, side)
-    wins = D.grid_windows(side, side, size, size // 2)
-    labels = torch.tensor(
-        [
-            np.bincount(pix_lab[r : r + size, c : c + size].reshape(-1), minlength=k).argmax()
-            for r, c in wins
-        ]
-    )
-    ctx.run_dir.plot_loss({"train_loss": losses})
-    ctx.run_dir.plot_spectrum({"GLCNet global embedding": spectrum(g)})
-    ctx.run_dir.plot_embedding(
-        g,
-        labels,
-        title="GLCNet global embeddings of crops (colour: majority k-means class)",
-        class_names=[f"cluster {i}" for i in range(k)],
-    )
-    _plot_views(ctx, task, next(iter(DataLoader(train, batch_size=3)))["image"], rgb or [0, 0, 0])
-    fractions = np.asarray(pred["class_pixels"], dtype=np.float64) / max(
-        1, sum(pred["class_pixels"])
-    )
-    metrics = {
-        "final_loss": float(np.mean(losses[-3:])),
-        "first_loss": float(np.mean(losses[:3])),
-        "effective_rank": float(effective_rank(g)),
-        "classes_predicted": float((fractions > 0.01).sum()),
-        "steps": float(steps),
-        "seconds": float(time.time() - t0),
-    }
-    ctx.run_dir.save_metrics(metrics)
-    return metrics
+    if ctx.data is not None:
+        return _run_geotiffs(ctx, Path(ctx.data), size, steps, batch, k, backbone, t0)
+    raw, _ = D.load_sentinel2_tile()
+    with tempfile.TemporaryDirectory(prefix="glcnet_tile_") as tmp:
+        tile = Path(tmp) / "sentinel2_tile.tif"
+        _write_embedded_tile(raw, tile)
+        return _run_geotiffs(
+            ctx, tile, size, steps, batch, k, backbone, t0, rgb_default=[2, 1, 0],
+            where="the embedded Sentinel-2 tile", names=["B02", "B03", "B04", "B08"],
+        )  # fmt: skip
 
 
 def _plot_class_map(ctx: RunContext, classmap: Path, picture: np.ndarray, k: int) -> None:
-    """``classmap.png``: the input beside its label-free class map, with a legend per cluster."""
-    from torchgeo_ext.predict import read_decimated
+    """``classmap.png``: the input beside its label-free class map, with a legend per cluster
+    (nodata pixels white)."""
+    from torchgeo_ext.predict import NODATA, read_decimated
 
     labels = read_decimated(classmap, max(picture.shape[:2]))
     h, w = min(labels.shape[0], picture.shape[0]), min(labels.shape[1], picture.shape[1])
@@ -445,7 +313,162 @@ def _plot_class_map(ctx: RunContext, classmap: Path, picture: np.ndarray, k: int
         name="classmap.png",
         title="label-free class map (k-means on GLCNet dense features)",
         image=picture[:h, :w],
+        nodata=NODATA,
     )
+
+
+def _run_geotiffs(
+    ctx: RunContext,
+    data: Path,
+    size: int,
+    steps: int,
+    batch: int,
+    k: int,
+    backbone: str,
+    t0: float,
+    rgb_default: list[int] | None = None,
+    where: str | None = None,
+    names: list[str] | None = None,
+) -> dict[str, float]:
+    """``run glcnet --data PATH`` (a GeoTIFF or a folder of them) through
+    :class:`torchgeo_ext.geotiff.GeoTiffDataModule`: torchgeo reads the windows, nodata is
+    skipped and left out of the stretch, the k-means of the label-free class map is fitted on
+    windows spread over the whole area, and every file gets its class map."""
+    from sklearn.cluster import KMeans
+
+    from torchgeo_ext.export import export_encoder
+    from torchgeo_ext.geotiff import GeoTiffDataModule, WindowDataset
+    from torchgeo_ext.predict import predict_geotiff
+
+    if not data.exists():
+        raise UserInputError(
+            f"--data {data} does not exist (expected a GeoTIFF or a folder of them)."
+        )
+    where = where or str(data)
+
+    nodata = ctx.option("nodata")
+    dm = GeoTiffDataModule(str(data), bands=ctx.option("bands"), nodata=nodata,
+                           patch_size=size, batch_size=batch, seed=ctx.seed)  # fmt: skip
+    images = dm.build_dataset()
+    n_bands = len(dm.images.band_numbers)
+    names = [names[i - 1] for i in dm.images.band_numbers] if names else dm.images.band_names
+    if rgb_default is None and n_bands >= 3:
+        rgb_default = [0, 1, 2]
+    rgb = ctx.option("rgb_bands", rgb_default if n_bands >= 3 else None)
+    if rgb is not None and max(rgb) >= n_bands:
+        raise UserInputError(
+            f"--set rgb_bands={','.join(map(str, rgb))}: {where} has {n_bands} bands "
+            f"(indices 0 to {n_bands - 1})."
+        )
+    x, y, _ = images.bounds
+    h, w = round((y.stop - y.start) / images.res[1]), round((x.stop - x.start) / images.res[0])
+    if min(h, w) < size:
+        raise UserInputError(
+            f"{where} is {h}x{w} pixels, smaller than the {size}-pixel view (--set size)."
+        )
+    dm.patch_size = min(size + size // 4, h, w)  # views are random resized crops of these
+    dm.stride = max(1, dm.patch_size // 2)
+    dm.setup("fit")  # nodata, NaN and window checks: one sentence before the run folder exists
+    train = WindowDataset(dm, steps * batch, seed=ctx.seed)
+    task = _glcnet_task(ctx, n_bands, rgb, size, backbone)
+    if ctx.resume is not None:
+        _check_resume(ctx.resume, task, steps)
+    out = ctx.run_dir.ensure()
+    if ctx.data is None:  # the embedded tile: keep the input beside its class map
+        shutil.copyfile(data, out / data.name)
+    ctx.run_dir.save_json(dm.summary, "data_summary.json")
+    lo, hi = dm.band_min, dm.band_max
+    ctx.run_dir.save_config({
+        "method": METHOD, "data": where, "bands": names, "band_numbers": dm.images.band_numbers,
+        "nodata": nodata, "backbone": backbone, "size": size, "window": dm.patch_size,
+        "patch_size": task.hparams["patch_size"], "lr": task.hparams["lr"], "rgb_bands": rgb,
+        "steps": steps, "batch_size": batch, "clusters": k, "seed": ctx.seed,
+        "band_min": lo, "band_max": hi,
+    })  # fmt: skip
+    losses = _fit(ctx, task, train, steps, batch, resumable=True, seed=ctx.seed)
+    task.to("cpu").eval()
+    ckpt = _save_task(ctx, task, "glcnet.ckpt")
+    export_encoder(ckpt, out / "glcnet_encoder_torchgeo.ckpt")
+
+    # k-means on dense features of up to 16 windows spread over the whole area (valid pixels)
+    wins = dm.windows["train"]
+    picks = [
+        wins[i]
+        for i in np.unique(np.linspace(0, len(wins) - 1, min(16, len(wins))).round().astype(int))
+    ]
+    rng = np.random.default_rng(ctx.seed)
+    crops, pix, crop_px = [], [], []
+    side = size  # a multiple of the output stride, as the network needs
+    with torch.no_grad():
+        for q in picks:
+            img, valid = dm.normalise(dm.dataset[q]["image"])
+            img, valid = img[:, :side, :side], valid[:side, :side]
+            d = task.model.features(img[None])[1][0].reshape(task.model.dense[0].out_channels, -1)
+            v = valid.reshape(-1).numpy()
+            feats = d.T.numpy()
+            crops.append(img)
+            crop_px.append((feats, v))
+            idx = np.flatnonzero(v)
+            pix.append(feats[rng.permutation(idx)[: max(1, 5000 // len(picks))]])
+    km = KMeans(n_clusters=k, n_init=1, random_state=ctx.seed).fit(np.concatenate(pix))
+    g = task.model(torch.stack(crops))[0].detach()
+    labels = torch.tensor([
+        np.bincount(km.predict(f[v]) if v.any() else np.zeros(1, int), minlength=k).argmax()
+        for f, v in crop_px
+    ])  # fmt: skip
+    seg_ckpt = ctx.run_dir.save_checkpoint(
+        {"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams),
+         "centroids": torch.from_numpy(km.cluster_centers_).float(), "band_min": lo,
+         "band_max": hi, "bands": dm.images.band_numbers, "nodata": nodata},
+        "segmenter.ckpt",
+    )  # fmt: skip
+    files = [Path(f) for f in dm.images.source_files]
+    class_pixels = np.zeros(k, np.int64)
+    nodata_px = 0
+    for f in files:
+        name = "classmap.tif" if len(files) == 1 else f"classmap_{f.stem}.tif"
+        pred = predict_geotiff(seg_ckpt, f, out / name, window=size * 2,
+                               stride=size * 2 if ctx.demo else size, block=512, preview=False)  # fmt: skip
+        class_pixels += pred["class_pixels"]
+        nodata_px += pred["nodata_pixels"]
+    first = out / ("classmap.tif" if len(files) == 1 else f"classmap_{files[0].stem}.tif")
+    _plot_class_map(ctx, first, _picture(files[0], dm, rgb), k)
+    ctx.run_dir.plot_loss({"train_loss": losses})
+    ctx.run_dir.plot_spectrum({"GLCNet global embedding": spectrum(g)})
+    ctx.run_dir.plot_embedding(
+        g, labels, title="GLCNet global embeddings of windows (colour: majority k-means class)",
+        class_names=[f"cluster {i}" for i in range(k)],
+    )  # fmt: skip
+    _plot_views(ctx, task, next(iter(DataLoader(train, batch_size=3)))["image"], rgb or [0, 0, 0])
+    fractions = class_pixels / max(1, class_pixels.sum())
+    metrics = {
+        "final_loss": float(np.mean(losses[-3:])),
+        "first_loss": float(np.mean(losses[:3])),
+        "effective_rank": float(effective_rank(g)),
+        "classes_predicted": float((fractions > 0.01).sum()),
+        "nodata_fraction": float(dm.summary["nodata_fraction"]),
+        "nodata_pixels_written": float(nodata_px),
+        "train_windows": float(len(wins)),
+        "steps": float(steps),
+        "seconds": float(time.time() - t0),
+    }
+    ctx.run_dir.save_metrics(metrics)
+    return metrics
+
+
+def _picture(path: Path, dm: Any, rgb: list[int] | None, max_side: int = 1024) -> np.ndarray:
+    """(H, W, 3) picture of ``path``'s selected bands, decimated, stretched as in training."""
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        f = max(1, int(np.ceil(max(ds.height, ds.width) / max_side)))
+        raw = ds.read(dm.images.band_numbers, out_shape=(len(dm.images.band_numbers),
+                      max(1, -(-ds.height // f)), max(1, -(-ds.width // f)))).astype(np.float32)  # fmt: skip
+        nod = dm.images.nodata_value
+        if nod is not None and not np.isnan(nod):
+            raw[:, (raw == np.float32(nod)).any(0)] = np.nan
+    img = dm.normalise(torch.from_numpy(raw))[0].numpy()
+    return _display_rgb(img, rgb)
 
 
 PAPER_CLAIM = (

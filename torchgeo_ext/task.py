@@ -109,11 +109,13 @@ class GLCNetTask(BaseTask):
             use_variance=hp["use_variance"],
         )
         if isinstance(self.weights, str):
-            from torchgeo_ext.export import encoder_state_dict
+            from torchgeo_ext.export import check_bands, encoder_state_dict
 
             if not os.path.exists(self.weights):
                 raise FileNotFoundError(f"weights file {self.weights} does not exist")
-            self.model.net.encoder.load_state_dict(encoder_state_dict(self.weights))
+            enc = encoder_state_dict(self.weights)
+            check_bands(enc, self.model.net.encoder, self.weights)
+            self.model.net.encoder.load_state_dict(enc)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Global projection (B, 64) of a batch of images."""

@@ -91,3 +91,65 @@ def rs_seg_small(tmp_path: Path) -> Path:
             w.writerow({**r, "width": size[0], "height": size[1]})
     (root / "classes.csv").write_text((src / "classes.csv").read_text())
     return root
+
+
+GEOTIFF_RES = 0.5
+GEOTIFF_ORIGIN = (300000.0, 2800000.0)  # UTM 40N (Dubai), top-left corner of the mosaic
+
+
+@pytest.fixture
+def geotiff_folder(tmp_path: Path) -> Path:
+    """Two real rs_seg scenes (tiles 2 and 3) reduced to 96x160, written side by side as
+    georeferenced GeoTIFFs (EPSG:32640, 0.5 m): 4 uint8 bands (RGB + an extra band, the mean of
+    RGB), nodata=0 on an 8-px top/left border of both and on the right 40 px of the second, and
+    one-band label rasters (nodata=255).
+
+    Layout: ``images/scene_{0,1}.tif``, ``labels/scene_{0,1}.tif``; ``arrays.npz`` holds the
+    mosaic (4, 160, 192) and its labels (160, 192) as written, for reference computations."""
+    import csv
+
+    import rasterio
+    from PIL import Image
+    from rasterio.transform import from_origin
+
+    from plugins.data import shared_path
+
+    src = shared_path("rs_seg", required=False)
+    if src is None:
+        pytest.skip("shared/data/rs_seg is not available")
+    rows = list(csv.DictReader(open(src / "splits.csv")))
+    names = [next(r["name"] for r in rows if r["tile"] == t) for t in ("2", "3")]
+    root = tmp_path / "geotiffs"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    h, w = 160, 96
+    images, labels = [], []
+    for i, name in enumerate(names):
+        rgb = np.asarray(
+            Image.open(src / "images" / f"{name}.jpg").convert("RGB").resize((w, h), Image.BOX)
+        )
+        lab = np.asarray(
+            Image.open(src / "masks" / f"{name}.png").resize((w, h), Image.NEAREST)
+        ).copy()
+        rgb = np.clip(rgb.transpose(2, 0, 1), 1, 255).astype(np.uint8)  # 0 is reserved for nodata
+        img = np.concatenate([rgb, rgb.mean(0, keepdims=True).astype(np.uint8)])
+        img[:, :8, :] = 0
+        img[:, :, :8] = 0
+        if i == 1:
+            img[:, :, w - 40 :] = 0
+        lab[img[0] == 0] = 255
+        kw = dict(driver="GTiff", width=w, height=h, crs="EPSG:32640", photometric="minisblack",
+                  transform=from_origin(GEOTIFF_ORIGIN[0] + i * w * GEOTIFF_RES, GEOTIFF_ORIGIN[1],
+                                        GEOTIFF_RES, GEOTIFF_RES))  # fmt: skip
+        with rasterio.open(
+            root / "images" / f"scene_{i}.tif", "w", count=4, dtype="uint8", nodata=0, **kw
+        ) as ds:
+            ds.write(img)
+        with rasterio.open(
+            root / "labels" / f"scene_{i}.tif", "w", count=1, dtype="uint8", nodata=255, **kw
+        ) as ds:
+            ds.write(lab[None])
+        images.append(img)
+        labels.append(lab)
+    np.savez(root / "arrays.npz", image=np.concatenate(images, 2), label=np.concatenate(labels, 1))
+    return root

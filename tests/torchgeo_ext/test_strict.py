@@ -42,6 +42,17 @@ def test_every_shipped_config_runs_one_step(config, request, tmp_path):
     elif data_cls == "RSSegDataModule":
         root = request.getfixturevalue("rs_seg_small")
         data = ["--data.init_args.patch_size", "32", "--data.init_args.scale", "1.0"]
+    elif data_cls == "GeoTiffDataModule":
+        folder = request.getfixturevalue("geotiff_folder")
+        root = None
+        data = [
+            "--data.init_args.paths",
+            str(folder / "images"),
+            "--data.init_args.patch_size",
+            "32",
+        ]
+        if "label_paths" in spec["data"]["init_args"]:
+            data += ["--data.init_args.label_paths", str(folder / "labels")]
     else:
         pytest.fail(f"{config.name}: no small data for {data_cls}; add it to this test")
     if "label_fraction" in spec["data"]["init_args"]:  # a fraction of a few windows is one window,
@@ -52,9 +63,9 @@ def test_every_shipped_config_runs_one_step(config, request, tmp_path):
         "--trainer.fast_dev_run", "1",
         "--trainer.accelerator", "cpu",
         "--trainer.default_root_dir", str(tmp_path / "logs"),
-        "--data.init_args.root", str(root),
         "--data.init_args.batch_size", "2",
         "--data.init_args.num_workers", "0",
+        *(["--data.init_args.root", str(root)] if root is not None else []),
         *data,
         *_SMALL_MODEL[model_cls],
     ]  # fmt: skip
@@ -136,7 +147,7 @@ def test_help_lists_every_declared_key_with_its_default(capsys):
             assert f"  {key}=" in listed
         assert "size=64 (48 with --demo)" in out or command == "reproduce"
     assert {"backbone", "patch_size", "lr", "rgb_bands", "size", "steps", "batch_size",
-            "clusters"} == set(OPTIONS["run"])  # fmt: skip
+            "clusters", "bands", "nodata"} == set(OPTIONS["run"])  # fmt: skip
     assert {"backbone", "patch_size", "lr", "finetune_lr", "scale", "source_size", "size",
             "window", "stride", "batch_size", "pretrain_steps", "finetune_steps", "fractions",
             "seeds"} == set(OPTIONS["reproduce"])  # fmt: skip
@@ -211,16 +222,28 @@ def test_run_on_geotiff_with_nan_is_one_sentence_with_file_and_count(tmp_path, c
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
-def test_declared_nan_nodata_is_its_own_sentence(tmp_path, capsys):
+def test_declared_nan_nodata_is_respected_by_run(tmp_path, capsys):
+    """NaN declared as nodata (issue 21): the run skips it and writes it as the map's nodata."""
+    import rasterio
+
     from torchgeo_ext.data import load_sentinel2_tile
 
     raw, _ = load_sentinel2_tile()
     x = raw[:, :64, :64].astype(np.float32)
     x[:, 1, :9] = np.nan
     tif = write_tif(tmp_path / "nodata.tif", x, nodata=float("nan"))
-    code, _, err = _cli(["run", "glcnet", "--device", "cpu", "--demo", "--data", tif,
-                         "--out", tmp_path / "runs"], capsys)  # fmt: skip
-    _one_line_error(code, err, str(tif), "9 nodata (NaN) pixels")
+    code, out, err = _cli(["run", "glcnet", "--device", "cpu", "--demo", "--data", tif,
+                           "--out", tmp_path / "runs", "--set", "clusters=2", "--epochs", "2",
+                           "--set", "size=32", "--set", "batch_size=2", "--set",
+                           "backbone=tu-tf_mobilenetv3_small_minimal_100"], capsys)  # fmt: skip
+    assert code == 0, err
+    (run,) = list((tmp_path / "runs").iterdir())
+    with rasterio.open(run / "classmap.tif") as ds:
+        classes = ds.read(1)
+        assert ds.nodata == 255
+    assert np.array_equal(classes == 255, np.isnan(x).any(0))
+    summary = json.loads((run / "data_summary.json").read_text())
+    assert summary["nodata_fraction"] == pytest.approx(9 / 64**2)
 
 
 def _segmenter_ckpt(tmp_path: Path, in_channels: int = 4, classes: int = 6) -> Path:
