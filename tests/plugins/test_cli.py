@@ -166,7 +166,7 @@ def test_run_help_lists_every_option_with_its_default(method, capsys):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["predict", "simclr"], "has no predict command; predict takes: glcnet"),
+        (["predict", "simclr"], "has no predict command; predict takes: ariel, glcnet, grace."),
         (["bench", "no-such-topic"], "no benchmark named 'no-such-topic'; choose from: "),
     ],
 )
