@@ -51,7 +51,10 @@ def install_one_line_errors(prog: str) -> None:
             previous(kind, value, tb)
             return
         sys.stdout.flush()
-        print(f"{prog}: error: {err}", file=sys.stderr, flush=True)
+        # under torchrun, torch.distributed's hook captures sys.stderr to prefix it with the rank
+        # and would lose the line at os._exit: there the process's own stderr takes it
+        torchrun = "TORCHELASTIC_RUN_ID" in os.environ and sys.__stderr__ is not None
+        print(f"{prog}: error: {err}", file=sys.__stderr__ if torchrun else sys.stderr, flush=True)
         os._exit(2)  # an excepthook cannot set the status otherwise; the run has failed anyway
 
     hook._one_line = True  # type: ignore[attr-defined]

@@ -322,7 +322,10 @@ def sup_con(
 
 
 def margin_contrastive(
-    embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 1.0
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    margin: float = 1.0,
+    gather_distributed: bool = False,
 ) -> torch.Tensor:
     """Margin-based contrastive loss (Hadsell, Chopra, LeCun, CVPR 2006, eq. 4).
 
@@ -333,6 +336,9 @@ def margin_contrastive(
         embeddings: (N, D), N >= 2.
         labels: (N,) integer labels.
         margin: m.
+        gather_distributed: pair local embeddings with every rank's; the local sum is divided by
+            the number of pairs averaged over ranks, so DDP's averaged gradient equals the
+            single-process gradient over the whole batch.
     """
     _check_2d("embeddings", embeddings)
     n = embeddings.shape[0]
@@ -342,16 +348,22 @@ def margin_contrastive(
         raise ValueError("margin_contrastive needs at least 2 embeddings")
     with no_autocast(embeddings):
         e = full_precision(embeddings)
-        d2 = (e[:, None, :] - e[None, :, :]).pow(2).sum(-1)
+        labels = labels.reshape(-1)
+        if gather_distributed:
+            e_all, labels_all, offset = D.gather(e), D.gather_no_grad(labels), D.rank() * n
+        else:
+            e_all, labels_all, offset = e, labels, 0
+        d2 = (e[:, None, :] - e_all[None, :, :]).pow(2).sum(-1)  # local rows x all columns
         # d = 0 exactly for coincident points, with a finite (zero) gradient there instead of sqrt's inf
         d = torch.where(
             d2 > 0, d2.clamp_min(torch.finfo(d2.dtype).tiny).sqrt(), torch.zeros_like(d2)
         )
-        labels = labels.reshape(-1)
-        same = (labels[:, None] == labels[None, :]).to(e.dtype)
+        same = (labels[:, None] == labels_all[None, :]).to(e.dtype)
         pair = same * d2 + (1 - same) * F.relu(margin - d).pow(2)
-        off_diag = ~torch.eye(n, dtype=torch.bool, device=e.device)
-        return pair[off_diag].mean()
+        rows = torch.arange(n, device=e.device)
+        pair = pair.index_put((rows, rows + offset), pair.new_zeros(()))  # no pair (i, i)
+        count = torch.tensor(n * (e_all.shape[0] - 1), device=e.device)
+        return _mean_over_anchors(pair.sum(), count, gather_distributed)
 
 
 class NTXentLoss(nn.Module):
@@ -418,9 +430,10 @@ class SupConLoss(nn.Module):
 class MarginContrastiveLoss(nn.Module):
     """Module form of :func:`margin_contrastive`. ``forward(embeddings, labels)``."""
 
-    def __init__(self, margin: float = 1.0):
+    def __init__(self, margin: float = 1.0, gather_distributed: bool = False):
         super().__init__()
         self.margin = margin
+        self.gather_distributed = gather_distributed
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return margin_contrastive(embeddings, labels, self.margin)
+        return margin_contrastive(embeddings, labels, self.margin, self.gather_distributed)

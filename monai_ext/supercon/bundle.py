@@ -90,7 +90,8 @@ class Stage1Step:
 
     The projection goes through ``forward``, so a ``DistributedDataParallel``-wrapped network
     all-reduces its gradients; wrap it with ``find_unused_parameters=True`` (the classifier is
-    not used in stage 1). SupCon is computed over each rank's own batch.
+    not used in stage 1). SupCon contrasts each rank's own batch unless the loss has
+    ``gather_distributed`` (``configs/multi_gpu_train.yaml`` sets it: every rank's views).
 
     Args:
         image_size: side of both views.
@@ -471,7 +472,7 @@ def check_checkpoint(file: str, key: str, path: Any, network: torch.nn.Module) -
         )
     obj = load_checkpoint(path, what=f"{file}: {key}")
     state = obj.get("model", obj)
-    own = network.state_dict()
+    own = getattr(network, "module", network).state_dict()  # the network inside a DDP wrapper
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shaped = [k for k in own if k in state and getattr(state[k], "shape", None) != own[k].shape]

@@ -25,6 +25,7 @@ from monai_ext.supercon.augment import AsymmetricViews, resize
 from monai_ext.supercon.config import SuperConConfig
 from monai_ext.supercon.data import class_balanced_sampler
 from monai_ext.supercon.model import SuperConNet
+from plugins.errors import check_finite_loss
 from plugins.losses import sup_con
 from plugins.progress import progress_bar
 
@@ -192,7 +193,7 @@ def train_stage1(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss.detach()))
+        losses.append(check_finite_loss(loss.detach(), len(losses)))
     return losses
 
 
@@ -243,7 +244,7 @@ def train_stage2(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss.detach()))
+        losses.append(check_finite_loss(loss.detach(), len(losses)))
     return losses
 
 
@@ -290,7 +291,7 @@ def train_baseline(
         opt.zero_grad(set_to_none=True)
         value.backward()
         opt.step()
-        losses.append(float(value.detach()))
+        losses.append(check_finite_loss(value.detach(), len(losses)))
     return losses
 
 

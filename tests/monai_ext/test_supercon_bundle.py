@@ -148,7 +148,7 @@ def test_every_config_runs_and_stage2_saves_a_model_whatever_val_interval(tmp_pa
     assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 2
     assert {p.name for p in CONFIGS.iterdir()} == {
         "metadata.json", "train_stage1.yaml", "train_stage2.yaml", "inference.yaml",
-        "evaluate.yaml",
+        "evaluate.yaml", "multi_gpu_train.yaml",  # the last under torchrun: test_multi_gpu_train.py
     }  # fmt: skip
     _photo_folder(tmp_path / "data")
     common = _common(tmp_path)
