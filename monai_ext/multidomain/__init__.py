@@ -13,6 +13,9 @@ _LAZY = {
     "MultiDomainLoss": "monai_ext.multidomain.loss",
     "domain_regulariser": "monai_ext.multidomain.loss",
     "DomainBalancedBatchSampler": "monai_ext.multidomain.sampler",
+    "DomainRow": "monai_ext.multidomain.domains",
+    "ModelCard": "monai_ext.multidomain.domains",
+    "read_domains": "monai_ext.multidomain.domains",
 }
 
 __all__ = list(_LAZY)

@@ -83,7 +83,22 @@ class DomainInferStep:
     """``iteration_update`` for ``SupervisedEvaluator``: run the inferer with each batch's own domain.
 
     Batches must hold one domain (validation/inference loaders use batch size 1).
+
+    Args:
+        roi_sizes: each domain's 2-D window (the domain table's ``roi``): a ``SliceInferer`` of that
+            window per domain replaces the engine's inferer. ``None``: the engine's inferer.
+        sw_batch_size: slices per forward pass of those inferers.
     """
+
+    def __init__(self, roi_sizes: Sequence[Sequence[int]] | None = None, sw_batch_size: int = 16):
+        self.inferers = None
+        if roi_sizes is not None:
+            from monai.inferers import SliceInferer
+
+            self.inferers = [
+                SliceInferer(spatial_dim=2, roi_size=list(r), sw_batch_size=sw_batch_size)
+                for r in roi_sizes
+            ]
 
     def __call__(self, engine: Any, batch: dict) -> dict:
         device = engine.state.device
@@ -93,9 +108,11 @@ class DomainInferStep:
             raise ValueError("inference batches must hold a single domain; use batch_size 1")
         net = engine.network
         net.eval()
+        k = int(domain[0])
+        inferer = engine.inferer if self.inferers is None else self.inferers[k]
         with torch.no_grad():
             # bind the domain into the callable: SliceInferer drops extra forward kwargs (MONAI 1.6)
-            pred = engine.inferer(image, functools.partial(net, domain=int(domain[0])))
+            pred = inferer(image, functools.partial(net, domain=k))
         out = {Keys.IMAGE: image, Keys.PRED: pred}
         if isinstance(
             batch.get(Keys.LABEL), torch.Tensor

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,10 @@ import torch.nn.functional as F
 
 from plugins.errors import UserInputError
 
+# Colin27 + AAL of the embedded demo: this folder, or the one environment variable MRICRON_ENV names
 MRICRON_DIR = Path("/usr/share/mricron/templates")
-MRICRON_HINT = "apt-get install -y mricron-data"
+MRICRON_ENV = "CONTRASTIVE_PLUGINS_MRICRON"
+MRICRON_HINT = f"apt-get install -y mricron-data, or set {MRICRON_ENV} to a folder holding them"
 # AAL label ids (aal.nii.txt of mricron-data) grouped into structures, left + right
 AAL_GROUPS = {
     "caudate": (71, 72),
@@ -123,18 +126,26 @@ def mni_brainmask() -> Domain:
     )
 
 
-def colin_available() -> bool:
-    return (MRICRON_DIR / "ch2.nii.gz").exists() and (MRICRON_DIR / "aal.nii.gz").exists()
+def mricron_dir(template_dir: str | Path | None = None) -> Path:
+    """Folder of ``ch2.nii.gz``/``aal.nii.gz``: the argument, else ``$CONTRASTIVE_PLUGINS_MRICRON``,
+    else Debian's ``mricron-data`` folder."""
+    return Path(template_dir or os.environ.get(MRICRON_ENV) or MRICRON_DIR)
 
 
-def colin_subcortical(crop: int = 96) -> Domain:
-    """Colin27 + AAL subcortical structures, in-plane crop of ``crop`` mm around them (1 mm grid)."""
-    if not colin_available():
-        raise UserInputError(
-            f"{MRICRON_DIR}/ch2.nii.gz and aal.nii.gz are missing: install them with `{MRICRON_HINT}`."
-        )
-    image, affine = load_volume(MRICRON_DIR / "ch2.nii.gz")
-    aal, aal_affine = load_volume(MRICRON_DIR / "aal.nii.gz")
+def colin_available(template_dir: str | Path | None = None) -> bool:
+    root = mricron_dir(template_dir)
+    return (root / "ch2.nii.gz").exists() and (root / "aal.nii.gz").exists()
+
+
+def colin_subcortical(crop: int = 96, template_dir: str | Path | None = None) -> Domain:
+    """Colin27 + AAL subcortical structures, in-plane crop of ``crop`` mm around them (1 mm grid).
+
+    ``template_dir``: see :func:`mricron_dir`."""
+    root = mricron_dir(template_dir)
+    if not colin_available(root):
+        raise UserInputError(f"{root}/ch2.nii.gz and aal.nii.gz are missing: {MRICRON_HINT}.")
+    image, affine = load_volume(root / "ch2.nii.gz")
+    aal, aal_affine = load_volume(root / "aal.nii.gz")
     if image.shape != aal.shape or not np.allclose(affine, aal_affine):
         raise UserInputError(
             "ch2.nii.gz and aal.nii.gz are not on the same grid: expected identical shape and affine."
@@ -198,19 +209,34 @@ def domain_slices(dom: Domain, size: int = 64) -> dict[str, torch.Tensor | np.nd
 
 
 def write_datalist(
-    out_dir: str | Path, domains: Sequence[Domain], n_slabs: int = 10, name: str = "datalist.json"
+    out_dir: str | Path,
+    domains: Sequence[Domain],
+    n_slabs: int = 10,
+    name: str = "datalist.json",
+    spacing: float = 2.0,
+    roi: Sequence[int] = (64, 64),
 ) -> Path:
     """Write every slab of every domain as NIfTI image/label files and a MONAI datalist.
 
-    The datalist (``{"training": [...], "validation": [...], "test": [...]}``) holds items
-    ``{"image": path, "label": path, "domain": k}`` with paths relative to ``out_dir``; slabs keep the
-    volume's affine (shifted to their first slice), so labels map back to scanner space.
+    The datalist (``{"domains": [...], "training": [...], "validation": [...], "test": [...]}``)
+    holds items ``{"image": path, "label": path, "domain": k}`` with paths relative to ``out_dir``;
+    slabs keep the volume's affine (shifted to their first slice), so labels map back to scanner
+    space. ``domains`` is the bundle's domain table (``monai_ext.multidomain.domains``): each
+    domain's name and class names, the isotropic ``spacing`` (mm) and the 2-D ``roi``.
     """
     import nibabel as nib
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    lists: dict[str, list] = {"training": [], "validation": [], "test": []}
+    lists: dict[str, list] = {
+        "domains": [
+            {"name": d.name, "labels": list(d.classes), "spacing": [spacing] * 3, "roi": list(roi)}
+            for d in domains
+        ],
+        "training": [],
+        "validation": [],
+        "test": [],
+    }
     key = {"train": "training", "val": "validation", "test": "test"}
     for k, dom in enumerate(domains):
         n = dom.image.shape[dom.axis]
@@ -310,10 +336,16 @@ def datalist_items(
 
 
 def validate_datalist(
-    items: Sequence[dict], domain_classes: Sequence[int], base_dir: str | Path = "."
+    items: Sequence[dict],
+    domain_classes: Sequence[int],
+    base_dir: str | Path = ".",
+    names: Sequence[str] | None = None,
+    value_maps: Sequence[dict[int, int]] | None = None,
 ) -> list[dict]:
     """Check every datalist item before training: readable 3-D NIfTI, domain in range, labels in range.
 
+    ``names`` (domain names) make the messages name the domain; ``value_maps`` (per domain, raw
+    mask value -> class, see ``DomainSpec.label_values``) are applied before the range check.
     Raises :class:`UserInputError` naming the file or domain id at fault; returns ``items``.
     """
     k = len(domain_classes)
@@ -339,9 +371,212 @@ def validate_datalist(
                 raise UserInputError(
                     f"{item['label']} has shape {label.shape} but its image has {image.shape}."
                 )
-            bad = np.setdiff1d(np.unique(label), np.arange(domain_classes[d]))
+            values = np.unique(label)
+            if value_maps is not None and value_maps[d]:
+                values = np.unique([value_maps[d].get(int(v), v) for v in values])
+            bad = np.setdiff1d(values, np.arange(domain_classes[d]))
             if bad.size:
+                dom = f"domain {d} ('{names[d]}')" if names is not None else f"domain {d}"
                 raise UserInputError(
-                    f"{item['label']} holds label value {bad[0]:g} outside domain {d}'s classes [0, {domain_classes[d] - 1}]."
+                    f"{item['label']} holds label value {bad[0]:g} outside {dom}'s classes "
+                    f"[0, {domain_classes[d] - 1}]."
                 )
     return list(items)
+
+
+# -- a user datalist as padded 2-D slices (``run mr-multidomain --data``) ------------------------
+# datalist list -> slice role of the in-memory path (the demo's slab roles)
+DATALIST_ROLES = {"training": "train", "validation": "val", "test": "test"}
+
+
+@dataclass
+class Case:
+    """One scored volume: where its slices sit in its domain's stacked, padded arrays.
+
+    ``index`` (N,) rows of the domain's ``image``/``label``; ``box`` (top, left, h, w) the slice
+    window inside the padded canvas; ``truth`` (N0, 1, H0, W0) the label on the volume's own grid
+    (slices along axis 2 moved first); ``spacing`` (3,) mm of that grid (in-plane, in-plane, slice).
+    """
+
+    name: str
+    role: str
+    index: np.ndarray
+    box: tuple[int, int, int, int]
+    truth: torch.Tensor
+    spacing: np.ndarray
+
+
+def _scale_percentiles(x: np.ndarray) -> np.ndarray:
+    """0.5th..99.5th percentile -> [0, 1], clipped (the bundle's ScaleIntensityRangePercentilesd)."""
+    lo, hi = np.percentile(x, [0.5, 99.5])
+    return np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
+
+
+def _resize3d(vol: torch.Tensor, shape: Sequence[int], mode: str) -> torch.Tensor:
+    """(*S) -> ``shape`` with ``F.interpolate`` (``trilinear`` or ``nearest-exact``)."""
+    if tuple(vol.shape) == tuple(shape):
+        return vol
+    extra = {"align_corners": False} if mode == "trilinear" else {}
+    out = F.interpolate(vol[None, None].float(), size=tuple(shape), mode=mode, **extra)[0, 0]
+    return out if mode == "trilinear" else out.round().to(vol.dtype)
+
+
+def resample_to(
+    vol: np.ndarray, spacing: Sequence[float], target: Sequence[float], mode: str
+) -> np.ndarray:
+    """``vol`` (X, Y, Z) from ``spacing`` to ``target`` mm, every axis by its own physical size, so
+    the anatomy keeps its aspect ratio; unchanged when the grid size would not change."""
+    shape = np.maximum(np.round(np.asarray(vol.shape) * np.asarray(spacing) / target), 1)
+    return _resize3d(torch.from_numpy(vol), shape.astype(int).tolist(), mode).numpy()
+
+
+def _legacy_table(lists: dict, path: str | Path, what: str) -> list:
+    """Domain table of a datalist without a ``domains`` section (the older ``run --data`` form):
+    integer domain ids 0..K-1, each domain's files kept at their own spacing; class names are
+    filled in from the labels once loaded."""
+    from monai_ext.multidomain.domains import DomainRow
+
+    ids = set()
+    for key in DATALIST_ROLES:
+        for item in lists.get(key) or []:
+            if not isinstance(item, dict) or "domain" not in item:
+                continue  # datalist_items names malformed items
+            value = item["domain"]
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise UserInputError(
+                    f"{what} {path}: domain {value!r} of {item.get('image')} is not an integer "
+                    "id, and the datalist has no 'domains' section naming it."
+                )
+            ids.add(value)
+    if sorted(ids) != list(range(len(ids))) or not ids:
+        raise UserInputError(f"{what} {path}: domain ids must be 0..K-1, got {sorted(ids)}.")
+    return [DomainRow(f"domain{k}", ("class0", "class1"), (1.0, 1.0, 1.0), (16, 16)) for k in ids]
+
+
+def datalist_domains(path: str | Path, what: str = "--data") -> tuple[list[dict], bool]:
+    """Every volume of a MONAI datalist as 2-D slices (along axis 2), one dict per domain.
+
+    The ``domains`` section (``monai_ext.multidomain.domains``) gives each domain's name, class
+    names, spacing (volumes are resampled to it, each axis by its own physical size: never
+    squashed) and ROI. All slices are zero-padded, centred, to one canvas (the largest ROI, or the
+    largest slice when one is larger; each side rounded up to a multiple of 16), never cropped or
+    resized to a square; :func:`crop_back` undoes it. A datalist without ``domains`` (the older
+    form: integer ids, labels' maxima as class counts) keeps every file at its own spacing.
+
+    Returns:
+        per domain ``image`` (N, 1, H, W) float in [0, 1], ``label`` (N, 1, H, W) long, ``role``
+        (N,) train/val/test, ``slab`` (N,) case id, ``spacing``, ``name``, ``classes``, ``cases``
+        (:class:`Case` list) and ``canvas`` (H, W); and whether the datalist has a
+        ``validation`` list.
+    """
+    from monai_ext.multidomain.domains import (
+        check_items,
+        common_roi,
+        domain_items,
+        read_domains,
+    )
+
+    lists = read_datalist(path, what)
+    legacy = "domains" not in lists
+    table = _legacy_table(lists, path, what) if legacy else read_domains(path, what)
+    items = []
+    for key, role in DATALIST_ROLES.items():
+        if key == "validation" and key not in lists:
+            continue
+        for item in domain_items(path, key, table, what=what):
+            items.append({**item, "role": role})
+    if not legacy:
+        check_items(items, table)  # readable, finite, 3-D, labels within the domain's classes
+    vols = []
+    for item in items:
+        image, affine = load_volume(item["image"])
+        label, _ = load_volume(item["label"])
+        if label.shape != image.shape:
+            raise UserInputError(
+                f"{item['label']} has shape {label.shape} but its image has {image.shape}."
+            )
+        row = table[item["domain"]]
+        spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
+        truth = label.astype(np.int64)
+        for raw, cls in row.value_map().items():  # merged raw values -> the domain's classes
+            truth[label == raw] = cls
+        if not legacy:  # the domain's declared grid; the truth stays on the file's own grid
+            image = resample_to(image, spacing, row.spacing, "trilinear")
+            label = resample_to(truth, spacing, row.spacing, "nearest-exact")
+        else:
+            label = truth
+        vols.append((item, _scale_percentiles(image), label, truth, spacing))
+    sides = [v[1].shape[:2] for v in vols] + ([common_roi(table)] if not legacy else [])
+    canvas = [int(-(-max(s[i] for s in sides) // 16) * 16) for i in (0, 1)]
+    out = []
+    for k, row in enumerate(table):
+        mine = [v for v in vols if v[0]["domain"] == k]
+        roles = {v[0]["role"] for v in mine}
+        if "train" not in roles or "test" not in roles:
+            raise UserInputError(
+                f"{what} {path}: domain '{row.name}' needs items in both 'training' and 'test'."
+            )
+        images, labels, role, slab, cases, start = [], [], [], [], [], 0
+        for c, (item, image, label, truth, spacing) in enumerate(mine):
+            h, w, n = image.shape
+            top, left = (canvas[0] - h) // 2, (canvas[1] - w) // 2
+            pad = ((0, 0), (top, canvas[0] - h - top), (left, canvas[1] - w - left))
+            images.append(np.pad(np.moveaxis(image, 2, 0), pad))
+            labels.append(np.pad(np.moveaxis(label, 2, 0), pad))
+            role += [item["role"]] * n
+            slab += [c] * n
+            cases.append(
+                Case(
+                    Path(item["image"]).name.removesuffix(".gz").removesuffix(".nii"),
+                    item["role"],
+                    np.arange(start, start + n),
+                    (top, left, h, w),
+                    torch.from_numpy(np.moveaxis(truth, 2, 0)[:, None].copy()),
+                    spacing,
+                )
+            )
+            start += n
+        label = torch.from_numpy(np.concatenate(labels)[:, None]).long()
+        classes = (
+            list(row.labels)
+            if not legacy
+            else [f"class{c}" for c in range(int(max(int(v[3].max()) for v in mine)) + 1)]
+        )
+        out.append(
+            {
+                "image": torch.from_numpy(np.concatenate(images)[:, None]).float(),
+                "label": label,
+                "role": np.asarray(role),
+                "slab": np.asarray(slab),
+                "spacing": np.asarray(row.spacing if not legacy else mine[0][4]),
+                "name": row.name,
+                "classes": classes,
+                "cases": cases,
+                "canvas": tuple(canvas),
+            }
+        )
+    return out, bool(lists.get("validation"))
+
+
+def domain_cases(d: dict) -> list[Case]:
+    """The scored volumes of a domain dict: its datalist cases, or (embedded demo) one per slab of
+    already resized, unpadded slices."""
+    if "cases" in d:
+        return d["cases"]
+    out = []
+    h, w = d["label"].shape[-2:]
+    for s in np.unique(d["slab"]):
+        idx = np.nonzero(d["slab"] == s)[0]
+        name = f"{d['name']}_slab{int(s):02d}"
+        out.append(
+            Case(name, str(d["role"][idx[0]]), idx, (0, 0, h, w), d["label"][idx], d["spacing"])
+        )
+    return out
+
+
+def crop_back(pred: torch.Tensor, case: Case) -> torch.Tensor:
+    """A case's predicted slices (N, 1, H, W) on the canvas -> (N0, 1, H0, W0) on its file's grid:
+    the padding cut off, then the declared-spacing resampling undone (nearest)."""
+    top, left, h, w = case.box
+    p = pred[:, 0, top : top + h, left : left + w]
+    return _resize3d(p, case.truth.shape[:1] + case.truth.shape[2:], "nearest-exact")[:, None]

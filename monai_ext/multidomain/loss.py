@@ -34,6 +34,7 @@ def domain_regulariser(
     kind: str = "supcon",
     temperature: float = 0.1,
     margin: float = 1.0,
+    gather_distributed: bool = False,
 ) -> torch.Tensor:
     """``L_con`` over the domain labels of a batch.
 
@@ -41,14 +42,22 @@ def domain_regulariser(
         embedding: (B, E) (L2-normalised by the model; ``sup_con`` normalises again, harmlessly).
         domain: (B,) domain ids.
         kind: ``"supcon"``, ``"margin"`` or ``"none"`` (returns 0 attached to the graph).
+        gather_distributed: contrast against every DDP rank's embeddings (``multi_gpu_train``),
+            so that the averaged gradient is that of one process on the whole batch.
     """
     if kind == "supcon":
         # base temperature = temperature: the plain SupCon mean of eq. 2 without rescaling
         return sup_con(
-            embedding[:, None, :], domain, temperature=temperature, base_temperature=temperature
+            embedding[:, None, :],
+            domain,
+            temperature=temperature,
+            base_temperature=temperature,
+            gather_distributed=gather_distributed,
         )
     if kind == "margin":
-        return margin_contrastive(embedding, domain, margin=margin)
+        return margin_contrastive(
+            embedding, domain, margin=margin, gather_distributed=gather_distributed
+        )
     if kind == "none":
         return embedding.sum() * 0.0
     raise ValueError(f"regulariser must be one of {REGULARISERS}, got {kind!r}")
@@ -74,6 +83,9 @@ class MultiDomainLoss(nn.Module):
         temperature, margin: of the regulariser.
         require_all_domains: raise when a training batch lacks a domain (the balanced sampler
             guarantees that every batch holds every domain).
+        gather_distributed: gather the regulariser's embeddings over DDP ranks (the bundle's
+            ``multi_gpu_train`` config sets it). The segmentation terms stay local means: with the
+            same number of samples of each domain on every rank, DDP's average is the global mean.
 
     ``forward(logits, label, domain, embedding, model=None)``: ``logits`` is the dict of
     :meth:`MultiDomainUNet.forward_multi`; ``label`` (B, 1, *S) integer maps in batch order;
@@ -89,6 +101,7 @@ class MultiDomainLoss(nn.Module):
         temperature: float = _C.temperature,
         margin: float = _C.margin,
         require_all_domains: bool = True,
+        gather_distributed: bool = False,
     ):
         super().__init__()
         if regulariser not in REGULARISERS:
@@ -101,6 +114,7 @@ class MultiDomainLoss(nn.Module):
             margin,
         )
         self.require_all_domains = require_all_domains
+        self.gather_distributed = gather_distributed
         self.seg = DiceCELoss(to_onehot_y=True, softmax=True)
 
     def forward(
@@ -136,7 +150,12 @@ class MultiDomainLoss(nn.Module):
             parts[f"seg_{d}"] = float(seg.detach())
             seg_total = seg_total + seg
         con = domain_regulariser(
-            embedding.float(), domain, self.regulariser, self.temperature, self.margin
+            embedding.float(),
+            domain,
+            self.regulariser,
+            self.temperature,
+            self.margin,
+            self.gather_distributed,
         )
         parts["con"] = float(con.detach())
         total = seg_total + self.lam * con

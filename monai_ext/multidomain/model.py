@@ -62,6 +62,21 @@ class MultiDomainUNet(nn.Module):
         upsample: str = "deconv",
     ):
         super().__init__()
+        # the constructor's arguments in plain types: the bundle's checkpoint stores them so that
+        # inference rebuilds this network from the file alone (monai_ext.multidomain.domains)
+        self.settings = {
+            "spatial_dims": int(spatial_dims),
+            "in_channels": int(in_channels),
+            "domain_classes": [int(c) for c in domain_classes],
+            "features": [int(f) for f in features],
+            "embedding_dim": int(embedding_dim),
+            "embedding_hidden": int(embedding_hidden),
+            "shared_bn": bool(shared_bn),
+            "shared_head": bool(shared_head),
+            "act": list(act) if isinstance(act, tuple) else act,
+            "dropout": float(dropout),
+            "upsample": str(upsample),
+        }
         self.domain_classes = [int(c) for c in domain_classes]
         if not self.domain_classes or min(self.domain_classes) < 2:
             raise ValueError(

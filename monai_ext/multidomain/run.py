@@ -13,7 +13,10 @@ overlays. Domains: MNI152 tissue (nilearn) and Colin27 subcortical structures (D
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import functools
+import sys
 import time
 import warnings
 from dataclasses import asdict
@@ -54,75 +57,12 @@ def _embedded(with_colin: bool, size: int) -> tuple[list[dict], str]:
 
 
 def _from_datalist(path: str, size: int) -> tuple[list[dict], str]:
-    """Slices from a MONAI datalist (``training``/``test`` lists of ``{"image","label","domain"}``).
+    """Slices of a MONAI datalist (:func:`~monai_ext.multidomain.data.datalist_domains`): its
+    ``domains`` section gives names, class names, spacing and ROI; slices are zero-padded to one
+    canvas, never squashed. ``size`` (the demo's slice side) does not apply."""
+    from monai_ext.multidomain.data import datalist_domains
 
-    Anything else (a NIfTI, an ``.npz``, a binary or non-JSON file) is one sentence saying what
-    ``--data`` accepts; a volume with NaN/inf voxels is one sentence with the file and the count.
-    """
-    import torch.nn.functional as F
-
-    from monai_ext.multidomain.data import datalist_items, load_volume
-
-    lists = {key: datalist_items(path, key, what="--data") for key in ("training", "test")}
-    per: dict[int, dict[str, list]] = {}
-    for role, key in (("train", "training"), ("test", "test")):
-        for slab, item in enumerate(lists[key]):
-            img, aff = load_volume(item["image"])
-            lab, _ = load_volume(item["label"])
-            x = F.interpolate(
-                torch.from_numpy(np.moveaxis(img, 2, 0))[:, None],
-                size=(size, size),
-                mode="bilinear",
-            )
-            y = F.interpolate(
-                torch.from_numpy(np.moveaxis(lab, 2, 0))[:, None],
-                size=(size, size),
-                mode="nearest",
-            )
-            lo, hi = float(x.min()), float(x.max())
-            d = per.setdefault(
-                _domain_id(item, path), {"image": [], "label": [], "role": [], "slab": [], "sp": []}
-            )
-            d["image"].append((x - lo) / max(hi - lo, 1e-6))
-            d["label"].append(y.long())
-            d["role"] += [role] * len(x)
-            d["slab"] += [slab + (0 if role == "train" else 10_000)] * len(x)
-            sp = np.sqrt((aff[:3, :3] ** 2).sum(0))
-            d["sp"].append([sp[0] * img.shape[0] / size, sp[1] * img.shape[1] / size, sp[2]])
-    if sorted(per) != list(range(len(per))) or not per:
-        raise UserInputError(
-            f"{path}: domain ids must be 0..K-1 with training items, got {sorted(per)}."
-        )
-    for k, d in per.items():
-        if "train" not in d["role"] or "test" not in d["role"]:
-            raise UserInputError(
-                f"--data {path}: domain {k} needs items in both 'training' and 'test'."
-            )
-    out = []
-    for k in range(len(per)):
-        d = per[k]
-        label = torch.cat(d["label"])
-        out.append(
-            {
-                "image": torch.cat(d["image"]).float(),
-                "label": label,
-                "role": np.asarray(d["role"]),
-                "slab": np.asarray(d["slab"]),
-                "spacing": np.mean(d["sp"], 0),
-                "name": f"domain{k}",
-                "classes": [f"class{c}" for c in range(int(label.max()) + 1)],
-            }
-        )
-    return out, f"datalist {path}"
-
-
-def _domain_id(item: dict, path: str) -> int:
-    try:
-        return int(item["domain"])
-    except (TypeError, ValueError):
-        raise UserInputError(
-            f"--data {path}: domain {item['domain']!r} of {item['image']} is not an integer id."
-        ) from None
+    return datalist_domains(path, "--data")[0], f"datalist {path}"
 
 
 # -- one experiment -------------------------------------------------------------------------------
@@ -141,6 +81,40 @@ def _pools(
     return pools
 
 
+SPLITS = {"val": "validation", "test": "test"}  # slice role -> datalist list it comes from
+
+
+def _score(
+    pred: torch.Tensor, d: dict, role: str, num_classes: int
+) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """Scores of the ``role`` cases of domain ``d`` and one row per case and structure.
+
+    Each case's predicted slices are cropped back to its file's own grid first
+    (:func:`~monai_ext.multidomain.data.crop_back`), so Dice/HD95/ASSD/RAVD are computed there
+    (:func:`~monai_ext.multidomain.train.surface_scores`); the per-structure means leave out cases
+    where a structure's score is undefined.
+    """
+    from monai_ext.multidomain.data import crop_back, domain_cases
+    from monai_ext.multidomain.train import surface_scores
+
+    rows_of = torch.as_tensor(np.nonzero(d["role"] == role)[0])  # pred row of each slice of role
+    per, rows = [], []
+    for case in domain_cases(d):
+        if case.role != role:
+            continue
+        p = crop_back(pred[torch.searchsorted(rows_of, torch.as_tensor(case.index))], case)
+        sc = surface_scores(p, case.truth, np.zeros(len(p), int), num_classes, case.spacing)
+        per.append(sc)
+        for c, structure in enumerate(d["classes"][1:]):
+            rows.append(
+                {"split": SPLITS[role], "case": case.name, "domain": d["name"]}
+                | {"structure": structure, **{m: float(v[c]) for m, v in sc.items()}}
+            )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
+        return {m: np.nanmean(np.stack([sc[m] for sc in per]), 0) for m in per[0]}, rows
+
+
 def _fit_and_score(
     config: str,
     domains: list[dict],
@@ -150,17 +124,17 @@ def _fit_and_score(
     seed: int,
     progress: bool,
     checkpointer: Any = None,
+    roles: tuple[str, ...] = ("test",),
+    select_every: int = 0,
 ) -> dict:
     """Train ``config`` (one network, or one per domain for ``per_domain``) and score its test slabs.
 
-    ``checkpointer`` (a single-network config only) saves and resumes the training loop."""
-    from monai_ext.multidomain.train import (
-        adapt_bn_statistics,
-        build,
-        predict,
-        surface_scores,
-        train,
-    )
+    ``checkpointer`` (a single-network config only) saves and resumes the training loop.
+    ``roles``: the splits scored; ``"val"`` adds ``val_scores`` for the domains that have
+    validation slices. ``rows``: one per scored case and structure. ``select_every`` > 0 (a
+    single network, validation slices present): the weights with the best validation Dice, scored
+    every that many steps, are the ones scored (``selected_step``)."""
+    from monai_ext.multidomain.train import adapt_bn_statistics, build, predict, train
 
     classes = [len(d["classes"]) for d in domains]
     groups = (
@@ -170,10 +144,22 @@ def _fit_and_score(
     )
     if checkpointer is not None and len(groups) > 1:
         raise ValueError(f"{config} trains {len(groups)} networks; checkpoint one at a time")
-    result: dict[str, Any] = {"scores": {}, "pred": {}, "emb": {}, "loss": [], "nets": []}
+    result: dict[str, Any] = {
+        "scores": {},
+        "val_scores": {},
+        "rows": [],
+        "pred": {},
+        "emb": {},
+        "loss": [],
+        "nets": [],
+    }
     for group in groups:
         torch.manual_seed(seed)
         net, loss_fn = build(config, [classes[k] for k in group], s)
+        selection = None
+        if select_every and len(groups) == 1 and any((d["role"] == "val").any() for d in domains):
+            score = functools.partial(_validation_dice, domains=domains, device=device)
+            selection = _SelectOnValidation(checkpointer, select_every, s.steps, score)
         hist = train(
             net,
             loss_fn,
@@ -183,28 +169,98 @@ def _fit_and_score(
             seed,
             progress,
             desc=config,
-            checkpointer=checkpointer,
+            checkpointer=selection or checkpointer,
         )
+        if selection is not None:
+            net.load_state_dict(selection.weights)
+            result["selected_step"] = selection.best_step
         result["loss"].append(hist)
         result["nets"].append(net)
         names = ", ".join(domains[k]["name"] for k in group)
-        with phase(f"{config}: Dice/HD95/ASSD on the test slabs of {names}", show=progress):
-            for local, k in enumerate(group):
-                d = domains[k]
-                te = np.nonzero(d["role"] == "test")[0]
-                scored = (
-                    adapt_bn_statistics(net, d["image"][te], local, device)
-                    if s.test_bn == "adapt"
-                    else net
-                )
-                pred, emb = predict(scored, d["image"][te], local, device)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    result["scores"][k] = surface_scores(
-                        pred, d["label"][te], d["slab"][te], classes[k], d["spacing"]
+        unit = "cases" if "cases" in domains[group[0]] else "slabs"
+        for role in sorted(roles, key=("val", "test").index):
+            what = f"{config}: Dice/HD95/ASSD on the {SPLITS[role]} {unit} of {names}"
+            with phase(what, show=progress):
+                for local, k in enumerate(group):
+                    d = domains[k]
+                    idx = np.nonzero(d["role"] == role)[0]
+                    if idx.size == 0:
+                        continue
+                    scored = (
+                        adapt_bn_statistics(net, d["image"][idx], local, device)
+                        if s.test_bn == "adapt"
+                        else net
                     )
-                result["pred"][k], result["emb"][k] = pred, emb
+                    pred, emb = predict(scored, d["image"][idx], local, device)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        scores, rows = _score(pred, d, role, classes[k])
+                    result["scores" if role == "test" else "val_scores"][k] = scores
+                    result["rows"] += rows
+                    if role == "test":
+                        result["pred"][k], result["emb"][k] = pred, emb
     return result
+
+
+def _validation_dice(net: torch.nn.Module, domains: list[dict], device: torch.device) -> float:
+    """Mean foreground Dice of ``net`` over the validation cases (each on its file's grid), averaged
+    per domain, then over the domains that have validation cases; the model-selection score."""
+    from monai_ext.multidomain.data import crop_back, domain_cases
+    from monai_ext.multidomain.train import predict
+    from plugins.metrics import dice_per_class
+
+    values = []
+    for k, d in enumerate(domains):
+        idx = np.nonzero(d["role"] == "val")[0]
+        if idx.size == 0:
+            continue
+        pred, _ = predict(net, d["image"][idx], k, device)
+        rows = torch.as_tensor(idx)
+        per = [
+            dice_per_class(
+                crop_back(pred[torch.searchsorted(rows, torch.as_tensor(c.index))], c),
+                c.truth,
+                len(d["classes"]),
+            )
+            for c in domain_cases(d)
+            if c.role == "val"
+        ]
+        values.append(float(np.nanmean(torch.stack(per).numpy())))
+    return float(np.mean(values))
+
+
+class _SelectOnValidation:
+    """Model selection on the validation cases (``--set select_every=N``), as a checkpointer.
+
+    ``train`` calls ``step`` after every step: every ``every`` steps and at the last one, the
+    network is scored by :func:`_validation_dice` and the best weights are kept. It wraps the run's
+    :class:`~plugins.checkpoint.Checkpointer`, adding itself as ``selection`` to what
+    ``last.ckpt`` holds, so ``--resume`` continues the selection too."""
+
+    def __init__(self, inner: Any, every: int, total: int, score: Any) -> None:
+        self.inner, self.every, self.total, self.score = inner, every, total, score
+        self.best, self.best_step, self.weights = float("-inf"), 0, None
+
+    def restore(self, total: int, **objects: Any) -> int:
+        return self.inner.restore(total, **objects, selection=self) if self.inner else 0
+
+    def step(self, step: int, **objects: Any) -> None:
+        if step % self.every == 0 or step == self.total:
+            net = objects["model"]
+            value = self.score(net)
+            net.train()  # predict() left it in eval mode
+            if value > self.best:
+                self.best, self.best_step = value, step
+                self.weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        if self.inner:
+            self.inner.step(step, **objects, selection=self)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "step": self.best_step, "weights": self.weights}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_step = float(state["best"]), int(state["step"])
+        self.weights = state["weights"]
 
 
 def _declare(ctx: RunContext, command: str) -> None:
@@ -262,6 +318,46 @@ def _overlay(
     run_dir.save_figure(fig, name)
 
 
+def _split_metrics(
+    res: dict, domains: list[dict], has_validation: bool, note: str
+) -> dict[str, Any]:
+    """Validation Dice (``val_``), the split each number of ``metrics.json`` comes from, and the
+    scored cases of each split. No validation list: said once, on stderr and in ``validation``.
+
+    The model scored is the last step's, or with ``--set select_every`` the one with the best
+    validation Dice (``model`` in ``metrics.json`` says which)."""
+    val = _headline(res["val_scores"]) if res["val_scores"] else {}
+    out: dict[str, Any] = {f"val_{k}": v for k, v in val.items()}
+    out["domains"] = [d["name"] for d in domains]  # domain k of dice_domain<k>
+    if not has_validation:
+        out["validation"] = f"none: {note} has no 'validation' list"
+        print(
+            f"mr-multidomain: {out['validation']}; only test scores are reported and the last "
+            "step's model is kept.",
+            file=sys.stderr,
+        )
+    out["split_of"] = {
+        k: ("validation" if k.startswith("val_") else "test")
+        for k in [*_headline(res["scores"]), *out]
+        if k.startswith(("dice_", "val_dice_"))
+    }
+    out["cases"] = {
+        split: sorted({r["case"] for r in res["rows"] if r["split"] == split})
+        for split in ("validation", "test")
+    }
+    return out
+
+
+def _save_case_scores(path: Any, rows: list[dict]) -> None:
+    """``case_scores.csv``: split, case, domain, structure, Dice, HD95 (mm), ASSD (mm), RAVD."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(
+            f, ["split", "case", "domain", "structure", "dice", "hd95", "assd", "ravd"]
+        )
+        w.writeheader()
+        w.writerows(rows)
+
+
 def _headline(scores: dict[int, dict]) -> dict[str, float]:
     out = {f"dice_domain{k}": float(np.nanmean(v["dice"])) for k, v in scores.items()}
     out["dice_mean"] = float(np.mean(list(out.values())))
@@ -296,16 +392,19 @@ def run(ctx: RunContext) -> dict[str, float]:
 
 def _run(ctx: RunContext) -> dict[str, float]:
     """:func:`run`'s body, with the CPU threads pinned."""
+    from monai_ext.multidomain.data import datalist_domains
     from plugins.metrics import spectrum
 
     s = _settings(ctx)
     fraction = float(ctx.option("label_fraction"))
     torch.manual_seed(ctx.seed)
-    domains, note = (
-        _from_datalist(ctx.data, s.size)
-        if ctx.data
-        else _embedded(with_colin=bool(ctx.option("colin")), size=s.size)
-    )
+    if ctx.data:
+        domains, has_validation = datalist_domains(ctx.data, "--data")
+        note = f"datalist {ctx.data}"
+        extra = {"slice_canvas": list(domains[0]["canvas"])}  # --set size does not apply
+    else:
+        domains, note = _embedded(with_colin=bool(ctx.option("colin")), size=s.size)
+        has_validation, extra = True, {}  # the demo's validation slabs
     ctx.run_dir.save_config(
         {
             "method": ctx.method,
@@ -314,17 +413,34 @@ def _run(ctx: RunContext) -> dict[str, float]:
             "config": METHOD,
             "label_fraction": fraction,
             **asdict(s),
+            **extra,
         }
     )
     t0 = time.time()
     pools = _pools(domains, fraction, s, ctx.seed)
     res = _fit_and_score(
-        METHOD, domains, pools, s, ctx.device, ctx.seed, ctx.progress, ctx.checkpointer()
+        METHOD,
+        domains,
+        pools,
+        s,
+        ctx.device,
+        ctx.seed,
+        ctx.progress,
+        ctx.checkpointer(),
+        roles=("val", "test"),
+        select_every=int(ctx.option("select_every")),
     )
-    metrics = _headline(res["scores"])
+    metrics = {**_headline(res["scores"]), **_split_metrics(res, domains, has_validation, note)}
+    metrics["model"] = (
+        f"step {res['selected_step']}: best mean validation Dice (select_every="
+        f"{ctx.option('select_every')})"
+        if "selected_step" in res
+        else f"step {s.steps}: the last"
+    )
     metrics["train_seconds"] = time.time() - t0
     metrics["final_loss"] = res["loss"][0][-1]
     ctx.run_dir.save_metrics(metrics)
+    _save_case_scores(ctx.run_dir / "case_scores.csv", res["rows"])
     _save_checkpoint(ctx, res["nets"][0], domains, s)
     ctx.run_dir.plot_loss(res["loss"][0])
     emb = torch.cat([res["emb"][k] for k in range(len(domains))])
@@ -366,6 +482,10 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Baselines and the method over label fractions and seeds (see :func:`_reproduce`)."""
     _declare(ctx, "reproduce")
     with _threads(ctx):
+        if ctx.data == "spine":  # real subjects: VB3, VB2, hippocampus (experiment.DATA_NAME)
+            from monai_ext.multidomain.experiment import reproduce_subjects
+
+            return reproduce_subjects(ctx)
         return _reproduce(ctx)
 
 
@@ -513,7 +633,8 @@ _SETTINGS = OptionSet(
     options_from_dataclass(
         Settings,
         help={
-            "size": "side of the resized 2-D slices (a multiple of 16)",
+            "size": "side of the demo's square-padded, resized slices (a multiple of 16); a "
+            "--data datalist pads its slices to its largest ROI instead",
             "features": "the six BasicUNet widths (the last feeds every domain's head)",
             "embedding_dim": "size of the regulariser's bottleneck embedding",
             "embedding_hidden": "hidden width of the embedding MLP",
@@ -566,6 +687,14 @@ OPTIONS = {
             low=0,
             high=1,
         ),
+        Option(
+            "select_every",
+            "int",
+            0,
+            "keep the weights with the best mean validation Dice, scored every N steps and at the "
+            "last (0: keep the last step's weights)",
+            low=0,
+        ),
     ),
     "reproduce": OptionSet(
         _SETTINGS.replace("steps", demo_default=None)
@@ -592,7 +721,23 @@ OPTIONS = {
             low=0,
             high=1,
         ),
-        Option("seeds", "int", 1, "how many seeds, counted from --seed", low=1),
+        Option("seeds", "int", 1, "how many seeds, counted from --seed (--data spine: 3)", low=1),
+        Option(
+            "budgets",
+            "int",
+            [1, 4, 0],
+            "--data spine: annotated training subjects per domain (0 = all)",
+            many=True,
+            low=0,
+        ),
+        Option("split_seed", "int", 0, "--data spine: seed of the subject splits", low=0),
+        Option(
+            "max_test_subjects",
+            "int",
+            6,
+            "--data spine: test subjects scored per domain (0 = all)",
+            low=0,
+        ),
         Option(
             "configs",
             "str",

@@ -21,6 +21,7 @@ from monai_ext.dsbn import DomainSpecificBatchNorm
 from monai_ext.multidomain.config import ABLATIONS, CONFIGS, TEST_BN, Settings
 from monai_ext.multidomain.loss import MultiDomainLoss
 from monai_ext.multidomain.model import MultiDomainUNet
+from plugins.errors import check_finite_loss
 from plugins.progress import progress_bar
 
 __all__ = [
@@ -164,7 +165,7 @@ def train(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            history.append(float(loss.detach()))
+            history.append(check_finite_loss(loss.detach(), step))
             bar.update()
             bar.set_postfix(loss=f"{history[-1]:.4f}", refresh=False)
             if checkpointer:
@@ -227,23 +228,17 @@ def surface_scores(
         ``{"dice", "hd95", "assd", "ravd"}`` each (num_classes - 1,), NaN where a structure is absent
         from every slab.
     """
-    from monai.metrics import DiceMetric, HausdorffDistanceMetric, SurfaceDistanceMetric
+    from monai_ext.multidomain.evaluate import case_scores
 
-    dice = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
-    hd = HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none")
-    asd = SurfaceDistanceMetric(include_background=False, symmetric=True, reduction="none")
     rows = {k: [] for k in ("dice", "hd95", "assd", "ravd")}
-    eye = torch.eye(num_classes)
     for s in np.unique(slab):
         idx = torch.from_numpy(np.nonzero(slab == s)[0])
-        # (N,1,H,W) -> one-hot (1, C, H, W, N): slices become the third spatial axis
-        p = eye[pred[idx, 0]].permute(3, 1, 2, 0)[None]
-        t = eye[truth[idx, 0]].permute(3, 1, 2, 0)[None]
-        rows["dice"].append(dice(p, t)[0].numpy())
-        with np.errstate(all="ignore"):
-            rows["hd95"].append(hd(p, t, spacing=list(spacing))[0].numpy())
-            rows["assd"].append(asd(p, t, spacing=list(spacing))[0].numpy())
-        vp, vt = p[0, 1:].sum((1, 2, 3)).numpy(), t[0, 1:].sum((1, 2, 3)).numpy()
+        # (N,1,H,W) -> (H, W, N): the slab's slices become the third spatial axis
+        p, t = pred[idx, 0].permute(1, 2, 0), truth[idx, 0].permute(1, 2, 0)
+        for key, value in case_scores(p, t, num_classes, spacing).items():
+            rows[key].append(value)
+        vp = torch.bincount(p.reshape(-1).long(), minlength=num_classes)[1:num_classes].numpy()
+        vt = torch.bincount(t.reshape(-1).long(), minlength=num_classes)[1:num_classes].numpy()
         rows["ravd"].append(np.where(vt > 0, np.abs(vp - vt) / np.maximum(vt, 1), np.nan))
     out = {}
     for k, v in rows.items():

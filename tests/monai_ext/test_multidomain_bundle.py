@@ -30,7 +30,6 @@ def _one_thread():
 
 
 CONFIGS = bundle_dir() / "configs"
-TINY = ["--features", "[4,4,8,8,16,4]"]
 TINY_KW = {"features": [4, 4, 8, 8, 16, 4]}
 
 
@@ -60,6 +59,12 @@ def _make_datalist(root: Path) -> Path:
             lists[role].append(
                 {"image": f"d{d}_{i}_img.nii.gz", "label": f"d{d}_{i}_lab.nii.gz", "domain": d}
             )
+    # the domain table the bundle reads (monai_ext.multidomain.domains)
+    lists["domains"] = [
+        {"name": f"d{d}", "labels": [f"c{c}" for c in range(nc)], "spacing": [2.0, 2.0, 2.0],
+         "roi": [64, 64]}
+        for d, nc in enumerate([3, 5])
+    ]  # fmt: skip
     path = root / "datalist.json"
     path.write_text(json.dumps(lists))
     return path
@@ -97,22 +102,21 @@ def test_bundle_trains_and_infers_with_affine(tiny_bundle: tuple[Path, Path]) ->
     assert (root / "eval" / "metrics.csv").exists()
     state = load_checkpoint(ckpt)
     net = MultiDomainUNet(2, 1, [3, 5], **TINY_KW)
-    net.load_state_dict(state)  # the saved weights are the multi-domain network's
+    net.load_state_dict(state["model"])  # the saved weights are the multi-domain network's
     # make each head predict its last class everywhere: the output then shows which head ran
     with torch.no_grad():
         for head in net.heads:
             head.weight.zero_()
             head.bias.zero_()
             head.bias[-1] = 10.0
-    torch.save(net.state_dict(), ckpt)
+    torch.save({**state, "model": net.state_dict()}, ckpt)
     out = root / "pred"
-    run(
+    run(  # the network is rebuilt from the checkpoint: no override beyond data paths
         config_file=str(CONFIGS / "inference.yaml"),
         meta_file=str(CONFIGS / "metadata.json"),
         bundle_root=str(root),
         datalist=str(datalist),
         output_dir=str(out),
-        **TINY_KW,
     )
     for d, last in ((0, 2), (1, 4)):
         src = nib.load(datalist.parent / f"d{d}_3_img.nii.gz")
@@ -122,7 +126,24 @@ def test_bundle_trains_and_infers_with_affine(tiny_bundle: tuple[Path, Path]) ->
         assert np.unique(np.asarray(seg.dataobj)).tolist() == [last]
 
 
-def test_verify_net_in_out() -> None:
+def _card_checkpoint(path: Path) -> Path:
+    """A checkpoint as train.yaml writes it: weights and the card (table, network settings)."""
+    from monai_ext.multidomain.domains import DomainRow, ModelCard
+    from monai_ext.multidomain.model import MultiDomainUNet
+
+    net = MultiDomainUNet(2, 1, [3, 5], **TINY_KW)
+    table = [
+        DomainRow(f"d{d}", tuple(f"c{c}" for c in range(n)), (2.0, 2.0, 2.0), (64, 64))
+        for d, n in enumerate([3, 5])
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {"model": net.state_dict(), "card": ModelCard(table, net.settings).state_dict()}, path
+    )
+    return path
+
+
+def test_verify_net_in_out(tmp_path: Path) -> None:
     from monai.bundle import verify_net_in_out
 
     verify_net_in_out(
@@ -131,7 +152,7 @@ def test_verify_net_in_out() -> None:
         config_file=str(CONFIGS / "inference.yaml"),
         device="cpu",
         n=2,
-        **TINY_KW,
+        ckpt_path=str(_card_checkpoint(tmp_path / "model.pt")),
     )
     meta = json.loads((CONFIGS / "metadata.json").read_text())
     fmt = meta["network_data_format"]
@@ -157,7 +178,8 @@ def test_bundle_command_line(tiny_bundle: tuple[Path, Path], tmp_path: Path) -> 
         str(CONFIGS / "inference.yaml"),
         "--meta_file",
         str(CONFIGS / "metadata.json"),
-        *TINY,
+        "--ckpt_path",
+        str(tmp_path / "models" / "model.pt"),
     ]
     subprocess.run(cmd, check=True, capture_output=True)
 
@@ -211,7 +233,6 @@ def test_bundle_saves_a_model_when_max_epochs_is_below_val_interval(
         bundle_root=str(tmp_path),
         datalist=str(datalist),
         datalist_key="test",
-        **TINY_KW,
     )
     for d in (0, 1):
         seg = nib.load(tmp_path / "eval" / f"d{d}_3_img_seg.nii.gz")
@@ -238,12 +259,15 @@ def test_every_bundle_config_parses_and_is_run_by_the_tests() -> None:
     from monai.bundle import ConfigParser
 
     files = sorted(p.name for p in CONFIGS.iterdir())
-    assert files == ["inference.yaml", "metadata.json", "train.yaml"]
+    assert files == ["evaluate.yaml", "inference.yaml", "metadata.json", "multi_gpu_train.yaml",
+                     "train.yaml"]  # fmt: skip
     for name in files:
         content = ConfigParser.load_config_file(CONFIGS / name)
         assert isinstance(content, dict) and content, name
     assert "run" in ConfigParser.load_config_file(CONFIGS / "train.yaml")
     assert "run" in ConfigParser.load_config_file(CONFIGS / "inference.yaml")
+    # evaluate.yaml runs in test_multidomain_domains.py (real spine and hippocampus data)
+    assert "run" in ConfigParser.load_config_file(CONFIGS / "evaluate.yaml")
 
 
 def test_bundle_config_errors_name_the_file_and_the_key(
@@ -276,7 +300,10 @@ def test_bundle_config_errors_name_the_file_and_the_key(
         str(_user_error(info.value))
     )
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"training": [{"image": "a.nii.gz", "domain": 0}]}))
+    domains = json.loads(datalist.read_text())["domains"]
+    bad.write_text(
+        json.dumps({"domains": domains, "training": [{"image": "a.nii.gz", "domain": 0}]})
+    )
     with pytest.raises(Exception) as info:
         run(**{**base, "datalist": str(bad)})
     assert str(_user_error(info.value)) == (
@@ -286,15 +313,16 @@ def test_bundle_config_errors_name_the_file_and_the_key(
     assert not (tmp_path / "b" / "models" / "model.pt").exists()
 
 
-def _nan_copy(datalist: Path, out: Path) -> Path:
-    """A datalist whose first training and test images hold 3 NaN and 1 inf voxels."""
+def _nan_copy(datalist: Path, out: Path, split: str) -> Path:
+    """A datalist whose first ``split`` image holds 3 NaN and 1 inf voxels (one split: a subject
+    in two splits is refused before any image is read)."""
     img = nib.load(datalist.parent / "d0_0_img.nii.gz")
     x = np.asarray(img.dataobj, dtype=np.float32).copy()
     x[0, 0, :3] = np.nan
     x[1, 1, 1] = np.inf
     nib.save(nib.Nifti1Image(x, img.affine), datalist.parent / "nan_img.nii.gz")
     lists = json.loads(datalist.read_text())
-    lists["training"][0]["image"] = lists["test"][0]["image"] = "nan_img.nii.gz"
+    lists[split][0]["image"] = "nan_img.nii.gz"
     out.write_text(json.dumps(lists))
     return out
 
@@ -308,16 +336,17 @@ def test_nan_volumes_are_refused_with_the_file_and_the_count(
     from monai_ext.multidomain.bundle import CheckFinited
 
     _, datalist = tiny_bundle
-    nan_list = _nan_copy(datalist, datalist.parent / "nan.json")
+    nan_list = _nan_copy(datalist, datalist.parent / "nan.json", "training")
+    nan_test = _nan_copy(datalist, datalist.parent / "nan_test.json", "test")
     expected = f"{datalist.parent / 'nan_img.nii.gz'} contains 4 NaN or infinite voxels"
     train = _train_kwargs(tmp_path, nan_list)
     infer = {
         "config_file": str(CONFIGS / "inference.yaml"),
         "meta_file": str(CONFIGS / "metadata.json"),
         "bundle_root": str(tmp_path),
-        "datalist": str(nan_list),
-        **TINY_KW,
+        "datalist": str(nan_test),
     }
+    _card_checkpoint(tmp_path / "models" / "model.pt")  # inference reads the table from it first
     for kw in (train, infer):
         with pytest.raises(Exception) as info:
             run(**kw)
