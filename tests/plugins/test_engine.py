@@ -189,8 +189,9 @@ def test_bf16_mixed_and_accumulate_through_the_command(digits_file, tmp_path):
     assert load_checkpoint(run / "last.ckpt", "simclr")["global_step"] == 4
 
 
-def test_a_nan_loss_stops_the_run_in_one_sentence_before_evaluating(digits_file, tmp_path, capsys,
-                                                                   monkeypatch):
+def test_a_nan_loss_stops_the_run_in_one_sentence_before_evaluating(
+    digits_file, tmp_path, capsys, monkeypatch
+):
     """A loss that turns NaN at step 2 (as a too-large learning rate does) stops the fit there:
     exit 1, one line naming the step, ``status: failed``, and the last checkpoint written before
     it holds finite weights, instead of a table computed from NaN weights."""
