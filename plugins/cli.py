@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import subprocess
 import sys
 import tempfile
@@ -488,6 +489,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_OUR_PACKAGES = ("plugins", "torchgeo_ext", "monai_ext", "graph_ext", "agri_ext")
+
+
+def _our_warnings_as_one_line(framework_format: Any) -> Any:
+    """``warnings.formatwarning`` for the command: a warning raised by this library's code is one
+    line, ``contrastive-plugins: warning: ...``, not Python's ``file:line: UserWarning:`` and
+    source line; the frameworks' warnings keep their usual form (their location helps there)."""
+    root = Path(__file__).resolve().parents[1]
+    ours = tuple(str(root / name) + os.sep for name in _OUR_PACKAGES)
+
+    def format_warning(message: Any, category: Any, filename: str, lineno: int, line: Any = None):
+        if os.path.abspath(filename or "").startswith(ours):
+            return f"contrastive-plugins: warning: {message}\n"
+        return framework_format(message, category, filename, lineno, line)
+
+    return format_warning
+
+
 def main(argv: list[str] | None = None) -> int:
     import signal
 
@@ -506,6 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     # the frameworks' own deprecation notices are theirs to fix, not the user's to read
     for category in (FutureWarning, DeprecationWarning):
         warnings.filterwarnings("ignore", category=category, module=_FRAMEWORKS)
+    framework_format = warnings.formatwarning
+    warnings.formatwarning = _our_warnings_as_one_line(framework_format)
     previous = None
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -531,6 +552,7 @@ def main(argv: list[str] | None = None) -> int:
         print("contrastive-plugins: interrupted.", file=sys.stderr)
         return 130
     finally:
+        warnings.formatwarning = framework_format
         set_enabled(True)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +85,20 @@ def per_rank_batch(batch_size: int, devices: int) -> int:
             f"use a multiple of {devices} (the batch is global, as in the papers)."
         )
     return batch_size // devices
+
+
+def batch_for(batch_size: int, n_train: int) -> int:
+    """``batch_size``, or the ``n_train`` training images when there are fewer, said once: a batch
+    larger than the data is not an error (the small embedded sets meet it) but the batch a run
+    trains with is never changed silently."""
+    if batch_size > n_train:
+        warnings.warn(
+            f"batch_size {batch_size} is larger than the {n_train} training images; every step "
+            f"trains on all {n_train}.",
+            stacklevel=2,
+        )
+        return n_train
+    return batch_size
 
 
 def unsupported_flags(accepted: tuple[str, ...], settings: EngineSettings) -> list[str]:

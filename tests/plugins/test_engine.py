@@ -249,3 +249,34 @@ def test_ddp_on_two_cpu_processes_through_the_command(digits_file, tmp_path):
     # 134 training digits, global batch 16 = 8 per process: 8 steps in the one epoch
     assert load_checkpoint(run / "last.ckpt", "simclr")["global_step"] == 8
     assert done.stdout.count("results in") == 1
+
+
+def test_a_batch_larger_than_the_data_is_said_once_not_changed_silently(digits_file, tmp_path):
+    from plugins.engine_settings import batch_for
+
+    assert batch_for(16, 134) == 16
+    with pytest.warns(UserWarning, match="batch_size 500 is larger than the 134 training images"):
+        assert batch_for(500, 134) == 134
+    argv = _argv(digits_file, tmp_path)
+    argv[argv.index("batch_size=16")] = "batch_size=4096"
+    # 192 digits, 134 after the validation split
+    with pytest.warns(UserWarning, match="batch_size 4096 is larger than the 134 training images"):
+        assert main(argv) == 0
+
+
+def test_the_command_prints_its_own_warnings_as_one_line():
+    """A warning of this library reaches the terminal as ``contrastive-plugins: warning: ...``,
+    not as Python's ``file:line: UserWarning:`` plus the source line; the frameworks' keep theirs."""
+    import warnings
+
+    import graph_ext.run
+    from plugins.cli import _our_warnings_as_one_line
+
+    fmt = _our_warnings_as_one_line(warnings.formatwarning)
+    ours = fmt("the graph has direction", UserWarning, graph_ext.run.__file__, 93)
+    assert ours == "contrastive-plugins: warning: the graph has direction\n"
+    theirs = fmt("deprecated", UserWarning, torch.__file__, 7, "x = 1")
+    assert theirs == warnings.formatwarning("deprecated", UserWarning, torch.__file__, 7, "x = 1")
+    assert theirs.startswith(torch.__file__) and "UserWarning" in theirs
+    before = warnings.formatwarning
+    assert main(["list"]) == 0 and warnings.formatwarning is before  # restored after the command

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from plugins.backbones import TinyResNet
 from plugins.data import ImageTensorDataset, check_finite, load_train_test
-from plugins.engine_settings import per_rank_batch
+from plugins.engine_settings import batch_for, per_rank_batch
 from plugins.errors import UserInputError
 from plugins.evaluation import embed, evaluate_representation
 from plugins.methods.directclr.model import (
@@ -131,7 +131,7 @@ def fit_directclr(ctx: RunContext, run_dir: RunDir, train_set: ImageTensorDatase
     from plugins.methods.directclr.task import DirectCLRTask
     from plugins.monitoring import CollapseMonitor
 
-    batch = min(cfg.batch_size, len(train_set))
+    batch = batch_for(cfg.batch_size, len(train_set))
     per_rank = per_rank_batch(batch, ctx.engine.devices)
     fields = {f: getattr(cfg, f) for f in DirectCLRTask.config_fields()}
     torch.manual_seed(ctx.seed)  # every mode starts from the same backbone weights

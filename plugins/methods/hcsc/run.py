@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from plugins.data import ImageTensorDataset, check_finite
-from plugins.engine_settings import per_rank_batch
+from plugins.engine_settings import batch_for, per_rank_batch
 from plugins.errors import UserInputError
 from plugins.methods.hcsc.kmeans import scaled_cluster_sizes
 from plugins.methods.hcsc.model import HCSC, HCSCConfig
@@ -111,7 +111,7 @@ def fit_hcsc(
     from plugins.engine import fit
     from plugins.methods.hcsc.task import HCSCTask, SelectionDiagnostics
 
-    batch = min(cfg.batch_size, len(train_set))
+    batch = batch_for(cfg.batch_size, len(train_set))
     per_rank = per_rank_batch(batch, ctx.engine.devices)
     fields = {f: getattr(cfg, f) for f in HCSCTask.config_fields()}
     torch.manual_seed(ctx.seed)

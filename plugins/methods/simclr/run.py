@@ -14,7 +14,7 @@ import torch
 
 from plugins.backbones import small_resnet
 from plugins.data import ImageTensorDataset, check_finite, load_train_test
-from plugins.engine_settings import per_rank_batch
+from plugins.engine_settings import batch_for, per_rank_batch
 from plugins.evaluation import embed, evaluate_representation
 from plugins.methods.simclr.config import SimCLRConfig
 from plugins.methods.simclr.model import SimCLR
@@ -53,7 +53,7 @@ def fit_simclr(
         crop_scale=tuple(cfg.crop_scale),
         image_size=cfg.image_size,
     )
-    batch = per_rank_batch(min(cfg.batch_size, len(dataset)), ctx.engine.devices)
+    batch = per_rank_batch(batch_for(cfg.batch_size, len(dataset)), ctx.engine.devices)
     data = TensorImageDataModule(
         dataset, val_fraction=0, batch_size=batch, seed=ctx.seed, drop_last=True
     )
