@@ -480,3 +480,37 @@ def test_engine_resume_after_an_epochs_last_batch_clusters_the_next_epoch(tmp_pa
     assert rhist.nmi == hist.nmi and len(hist.nmi) == 1
     assert rhist.fn_removed == hist.fn_removed and rhist.tn_removed == hist.tn_removed
     assert len(hist.fn_removed) == 1
+
+
+def _diagnostics_worker(rank: int) -> tuple[list[float], list[float]]:
+    """One epoch of one batch per rank through SelectionDiagnostics, with the strategy's reduce
+    over the gloo group; rank r sees its own queries and queue."""
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    from plugins.methods.hcsc.task import SelectionDiagnostics
+
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    diag = SelectionDiagnostics(labels)
+
+    def reduce(t, reduce_op="sum"):
+        dist.all_reduce(t)
+        return t
+
+    trainer = SimpleNamespace(num_training_batches=1, strategy=SimpleNamespace(reduce=reduce))
+    # rank 0: query image 0 against a queue of images 1 (same class), 2, 4; it removes image 1 only
+    # rank 1: query image 2 against images 3 (same class), 4, 5 and removes nothing
+    queue = torch.tensor([[1, 2, 4], [3, 4, 5]])[rank]
+    keep = torch.tensor([[[False, True, True]], [[True, True, True]]])[rank][None]
+    outputs = {"keep": keep, "queue_tags": queue, "index": torch.tensor([2 * rank])}
+    diag.on_train_batch_end(trainer, SimpleNamespace(device=torch.device("cpu")), outputs, None, 0)
+    return diag.fn_removed, diag.tn_removed
+
+
+@pytest.mark.distributed
+def test_selection_diagnostics_under_ddp_count_every_ranks_queries():
+    """Rank 0 removes its one false negative, rank 1 keeps its one: the epoch's fraction is 1/2 on
+    both ranks (not rank 0's 1/1), and no true negative was removed (0/4)."""
+    results = run_gloo(_diagnostics_worker, 2)
+    assert results == [([0.5], [0.0]), ([0.5], [0.0])]

@@ -560,7 +560,8 @@ class SelectionDiagnostics(Callback):
     :func:`plugins.methods.hcsc.train.train_hcsc` counts them (:func:`selection_stats`).
 
     ``labels``: (N,) the true class of each training image by dataset index; a diagnostic only, never
-    trained on. Under DDP each rank counts its own queries. The counts travel in Lightning
+    trained on. Under DDP each rank counts its own queries and the epoch's fractions are of the
+    counts summed over the ranks. The counts travel in Lightning
     checkpoints, so a run resumed in the middle of an epoch reports the uninterrupted run's values.
     """
 
@@ -585,9 +586,12 @@ class SelectionDiagnostics(Callback):
         self.batches += 1
         if self.batches >= trainer.num_training_batches:  # the epoch's last batch
             self.batches = 0
-            if self.counts[1] > 0:
-                self.fn_removed.append(float(self.counts[0] / self.counts[1]))
-                self.tn_removed.append(float(self.counts[2] / self.counts[3].clamp_min(1)))
+            # every rank ends its epoch here: the fractions are of all ranks' queries, not rank 0's
+            device = getattr(pl_module, "device", None) or torch.device("cpu")
+            total = trainer.strategy.reduce(self.counts.to(device), reduce_op="sum").cpu()
+            if total[1] > 0:
+                self.fn_removed.append(float(total[0] / total[1]))
+                self.tn_removed.append(float(total[2] / total[3].clamp_min(1)))
 
     def state_dict(self) -> dict[str, Any]:
         return {
