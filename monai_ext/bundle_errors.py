@@ -10,13 +10,17 @@ sentence inside it.
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
+import types
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from plugins.errors import UserInputError
 
-__all__ = ["user_error", "install_one_line_errors", "under_bundle_command"]
+__all__ = ["user_error", "install_one_line_errors", "under_bundle_command", "check_overrides"]
 
 
 def user_error(exc: BaseException | None) -> UserInputError | None:
@@ -59,3 +63,90 @@ def install_one_line_errors(prog: str) -> None:
 
     hook._one_line = True  # type: ignore[attr-defined]
     sys.excepthook = hook
+
+
+_RUN_FILE = os.path.join("monai", "bundle", "scripts.py")
+_TRACKING_KEYS = ("tracking_uri", "experiment_name", "run_name", "save_execute_config")
+
+
+def _bundle_call() -> tuple[list[str], dict[str, Any], bool] | None:
+    """(config files, overrides, tracking?) of the ``monai.bundle`` ``run`` call on the stack."""
+    frame: types.FrameType | None = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "run" and code.co_filename.endswith(_RUN_FILE):
+            files = frame.f_locals.get("config_file")
+            if files is None:
+                return None
+            files = [files] if isinstance(files, str | os.PathLike) else list(files)
+            override = dict(frame.f_locals.get("override") or {})
+            return [str(f) for f in files], override, frame.f_locals.get("tracking") is not None
+        frame = frame.f_back
+    return None
+
+
+def _closest(key: str, known: Sequence[str]) -> str:
+    match = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _parameters(component: Mapping[str, Any]) -> list[str] | None:
+    """Keyword arguments the ``_target_`` of a config component takes (``None``: any, or unknown)."""
+    import inspect
+    import pydoc
+
+    from monai.bundle.config_item import ConfigComponent
+
+    try:
+        target = pydoc.locate(ConfigComponent(config=dict(component)).resolve_module_name())
+        sig = inspect.signature(target)  # type: ignore[arg-type]
+    except (TypeError, ValueError, pydoc.ErrorDuringImport):
+        return None
+    if target is None or any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return None
+    return [n for n in sig.parameters if n != "self"]
+
+
+def check_overrides() -> tuple[list[str], dict[str, Any]] | None:
+    """The config files and overrides of the ``monai.bundle`` ``run`` call on the stack, once
+    every override (``--key value``) is known to name a key of those configs: a typo such as
+    ``--max_epoch`` would otherwise add a new key that nothing reads, and the run would train
+    with the file's value without a word. One sentence naming the files, the key and the closest
+    known one. ``None`` outside a ``monai.bundle`` ``run`` call (nothing to check)."""
+    from monai.bundle import ConfigParser
+    from monai.bundle.reference_resolver import ReferenceResolver
+
+    call = _bundle_call()
+    if call is None:
+        return None
+    files, override, tracking = call
+    names = ", ".join(Path(f).name for f in files)
+    content = ConfigParser.load_config_files(files)
+    for key in override:
+        parts = ReferenceResolver.split_id(key)
+        node: Any = content
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+                continue
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+                continue
+            if depth == 0 and tracking and part in _TRACKING_KEYS:
+                break
+            where = "::".join(parts[:depth]) or "the top level"
+            known = list(node) if isinstance(node, dict) else []
+            if last and depth > 0 and isinstance(node, dict) and "_target_" in node:
+                params = _parameters(node)
+                if params is None or part in params:
+                    break  # a new keyword argument of the component
+                raise UserInputError(
+                    f"{names}: override --{key}: {node['_target_']} at {where} takes no argument "
+                    f"'{part}'{_closest(part, params)}."
+                )
+            raise UserInputError(
+                f"{names}: override --{key} names no key '{part}' at {where}"
+                f"{_closest(part, [str(k) for k in known])}."
+            )
+    return files, override

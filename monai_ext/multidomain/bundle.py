@@ -7,11 +7,7 @@ plus the domain regulariser, and inference must pick each volume's head.
 
 from __future__ import annotations
 
-import difflib
 import functools
-import os
-import sys
-import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +17,7 @@ from monai.engines.utils import IterationEvents
 from monai.transforms import MapTransform
 from monai.utils import CommonKeys as Keys
 
-from monai_ext.bundle_errors import install_one_line_errors
+from monai_ext.bundle_errors import _closest, check_overrides, install_one_line_errors
 from monai_ext.multidomain.data import check_finite_volume
 from monai_ext.multidomain.loss import MultiDomainLoss
 from plugins.errors import UserInputError
@@ -165,48 +161,6 @@ class CheckFinited(MapTransform):
 
 
 # -- config checks ----------------------------------------------------------------------------------
-_RUN_FILE = os.path.join("monai", "bundle", "scripts.py")
-_TRACKING_KEYS = ("tracking_uri", "experiment_name", "run_name", "save_execute_config")
-
-
-def _bundle_call() -> tuple[list[str], dict[str, Any], bool] | None:
-    """(config files, overrides, tracking?) of the ``monai.bundle`` ``run`` call on the stack."""
-    frame: types.FrameType | None = sys._getframe(1)
-    while frame is not None:
-        code = frame.f_code
-        if code.co_name == "run" and code.co_filename.endswith(_RUN_FILE):
-            files = frame.f_locals.get("config_file")
-            if files is None:
-                return None
-            files = [files] if isinstance(files, str | os.PathLike) else list(files)
-            override = dict(frame.f_locals.get("override") or {})
-            return [str(f) for f in files], override, frame.f_locals.get("tracking") is not None
-        frame = frame.f_back
-    return None
-
-
-def _closest(key: str, known: Sequence[str]) -> str:
-    match = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
-    return f" (did you mean '{match[0]}'?)" if match else ""
-
-
-def _parameters(component: Mapping[str, Any]) -> list[str] | None:
-    """Keyword arguments the ``_target_`` of a config component takes (``None``: any, or unknown)."""
-    import inspect
-    import pydoc
-
-    from monai.bundle.config_item import ConfigComponent
-
-    try:
-        target = pydoc.locate(ConfigComponent(config=dict(component)).resolve_module_name())
-        sig = inspect.signature(target)  # type: ignore[arg-type]
-    except (TypeError, ValueError, pydoc.ErrorDuringImport):
-        return None
-    if target is None or any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-        return None
-    return [n for n in sig.parameters if n != "self"]
-
-
 def _one_line_errors() -> None:
     """Under ``python -m monai.bundle``: a :class:`UserInputError` is one line and status 2."""
     install_one_line_errors("monai.bundle")
@@ -227,39 +181,11 @@ def check_config(positive: Sequence[str] = ()) -> bool:
     from monai.bundle.reference_resolver import ReferenceResolver
 
     _one_line_errors()
-    call = _bundle_call()
+    call = check_overrides()
     if call is None:
         return True
-    files, override, tracking = call
+    files, override = call
     names = ", ".join(Path(f).name for f in files)
-    content = ConfigParser.load_config_files(files)
-    for key in override:
-        parts = ReferenceResolver.split_id(key)
-        node: Any = content
-        for depth, part in enumerate(parts):
-            last = depth == len(parts) - 1
-            if isinstance(node, dict) and part in node:
-                node = node[part]
-                continue
-            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-                continue
-            if depth == 0 and tracking and part in _TRACKING_KEYS:
-                break
-            where = "::".join(parts[:depth]) or "the top level"
-            known = list(node) if isinstance(node, dict) else []
-            if last and depth > 0 and isinstance(node, dict) and "_target_" in node:
-                params = _parameters(node)
-                if params is None or part in params:
-                    break  # a new keyword argument of the component
-                raise UserInputError(
-                    f"{names}: override --{key}: {node['_target_']} at {where} takes no argument "
-                    f"'{part}'{_closest(part, params)}."
-                )
-            raise UserInputError(
-                f"{names}: override --{key} names no key '{part}' at {where}"
-                f"{_closest(part, [str(k) for k in known])}."
-            )
     parser = ConfigParser()
     parser.read_config(files)
     parser.update(override)

@@ -31,7 +31,7 @@ from monai.handlers import ValidationHandler
 from monai.transforms import LoadImaged
 from monai.utils import CommonKeys as Keys
 
-from monai_ext.bundle_errors import install_one_line_errors, user_error
+from monai_ext.bundle_errors import check_overrides, install_one_line_errors, user_error
 from monai_ext.supercon.augment import AsymmetricViews
 from monai_ext.supercon.config import SuperConConfig
 from monai_ext.supercon.data import IMAGE_SUFFIXES, class_balanced_sampler, error_reason
@@ -416,8 +416,11 @@ def check_config(
         values: key -> resolved value (``@key`` references in the config).
         at_least: tighter lower bounds for this file (stage 1 needs ``batch_size`` >= 2).
 
-    Returns ``True`` (so the config can keep the result).
+    Returns ``True`` (so the config can keep the result). Under ``monai.bundle run`` an override
+    that names no key of the configs (``--max_epoch 3``) is refused first
+    (:func:`monai_ext.bundle_errors.check_overrides`).
     """
+    check_overrides()
     at_least = dict(at_least or {})
     for key, value in values.items():
         if key == "class_names":

@@ -348,3 +348,26 @@ def test_evaluate_config_scores_a_held_out_test_list_at_the_validation_threshold
     assert m["positive_predicted_at_threshold"] == called
     # fewer than min_val_positives=20 validation positives: a warning line
     assert "supercon: warning: the threshold rests on" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "config, override, says",
+    [
+        ("train_stage1.yaml", {"max_epoch": 3}, "--max_epoch names no key 'max_epoch'"),
+        ("train_stage1.yaml", {"max_epoch": 3}, "(did you mean 'max_epochs'?)"),
+        ("inference.yaml", {"clas_names": ["a", "b"]}, "(did you mean 'class_names'?)"),
+    ],
+)
+def test_a_misspelled_override_is_refused_not_ignored(tmp_path, config, override, says):
+    """``--max_epoch 3`` would add a key nothing reads and train for the file's max_epochs."""
+    from monai.bundle import run
+
+    from monai_ext.supercon.bundle import user_error
+
+    _photo_folder(tmp_path / "data", per_class=6)
+    with pytest.raises(Exception) as info:
+        run(config_file=str(CONFIGS / config), **{**_common(tmp_path), **override})
+    err = user_error(info.value)
+    assert err is not None, info.value
+    assert str(err).startswith(f"{config}: override --") and says in str(err)
+    assert len(str(err).splitlines()) == 1
