@@ -262,11 +262,13 @@ def reproduce(ctx: RunContext) -> dict[str, float]:
         out.update({f"{name.split()[0].lower()}_{k}": v for k, v in m.items()})
     scfg = SimCLRConfig(epochs=epochs, batch_size=cfg.batch_size, arch=cfg.arch)
     t0 = time.perf_counter()
-    model, _ = fit_simclr(_stage(ctx, RunDir(path=ctx.run_dir.path / "simclr")), train_set, scfg)
+    sub = RunDir(path=ctx.run_dir.path / "simclr")
+    model, _ = fit_simclr(_stage(ctx, sub), train_set, scfg)
     m = {
         **evaluate_representation(model.encoder, train_set, test_set, progress=ctx.progress),
         "train_seconds": time.perf_counter() - t0,
     }
+    sub.save_metrics(m)  # as the HCSC and MoCo v2 folders have theirs
     rows.append({"method": "SimCLR", **{k: m.get(k) for k in _COLUMNS}})
     out.update({f"simclr_{k}": v for k, v in m.items()})
     for r in rows:
