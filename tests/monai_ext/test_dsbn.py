@@ -11,14 +11,7 @@ from torch import nn
 from monai_ext.dsbn import DomainRouter, DomainSpecificBatchNorm, convert_to_dsbn, domain_context
 from plugins.errors import UserInputError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions on a shared CPU: one thread avoids OpenMP spin contention (~5x faster)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("dims", [1, 2, 3])

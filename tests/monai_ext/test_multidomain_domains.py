@@ -21,22 +21,16 @@ from plugins.data import shared_data_dir
 SHARED = shared_data_dir(required=False)
 SPINE = SHARED / "spine_mr" if SHARED else None
 HIPPO = SHARED / "hippocampus_mr" if SHARED else None
-pytestmark = pytest.mark.skipif(
-    SPINE is None or not SPINE.is_dir() or not HIPPO.is_dir(),
-    reason="shared spine_mr/ and hippocampus_mr/ are absent (set CONTRASTIVE_PLUGINS_DATA)",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        SPINE is None or not SPINE.is_dir() or not HIPPO.is_dir(),
+        reason="shared spine_mr/ and hippocampus_mr/ are absent (set CONTRASTIVE_PLUGINS_DATA)",
+    ),
+    pytest.mark.usefixtures("one_thread"),
+]
 CONFIGS = bundle_dir() / "configs"
 TINY = {"features": [4, 4, 8, 8, 16, 4]}
 SPLITS = ("training", "training", "validation", "test")  # per domain: 2 / 1 / 1 subjects
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions on a shared CPU: one thread avoids OpenMP spin contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _spine(site: str, ids: list[int]) -> list[dict]:

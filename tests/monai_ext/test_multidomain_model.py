@@ -14,14 +14,7 @@ from monai_ext.multidomain.model import MultiDomainUNet
 from monai_ext.multidomain.sampler import DomainBalancedBatchSampler
 from plugins.errors import UserInputError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions on a shared CPU: one thread avoids OpenMP spin contention (~5x faster)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 FEAT = (4, 4, 8, 8, 16, 4)

@@ -14,14 +14,7 @@ from monai_ext.multidomain import data
 from monai_ext.multidomain.train import label_subset, surface_scores
 from plugins.checkpoint import load_checkpoint
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions on a shared CPU: one thread avoids OpenMP spin contention (~5x faster)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_mni_tissue_domain_is_real_and_split_into_disjoint_slabs() -> None:

@@ -21,23 +21,18 @@ from plugins.data import shared_data_dir
 SHARED = shared_data_dir(required=False)
 SPINE = SHARED / "spine_mr" / "VB3" if SHARED else None
 HIPPO = SHARED / "hippocampus_mr" if SHARED else None
-pytestmark = pytest.mark.skipif(
-    SPINE is None or not SPINE.is_dir() or not HIPPO.is_dir(),
-    reason="shared spine_mr/ and hippocampus_mr/ are absent (set CONTRASTIVE_PLUGINS_DATA)",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        SPINE is None or not SPINE.is_dir() or not HIPPO.is_dir(),
+        reason="shared spine_mr/ and hippocampus_mr/ are absent (set CONTRASTIVE_PLUGINS_DATA)",
+    ),
+    pytest.mark.usefixtures("one_thread"),
+]
 TINY = [
     "--set", "features=4,4,8,8,16,4", "--set", "embedding_dim=8", "--set", "embedding_hidden=8",
     "--set", "augment_copies=0", "--set", "samples_per_domain=2",
     "--device", "cpu", "--no-progress",
 ]  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _spine(n: int) -> dict:

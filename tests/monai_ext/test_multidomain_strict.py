@@ -24,13 +24,7 @@ TINY = [
 ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions on a shared CPU: one thread avoids OpenMP spin contention (~5x faster)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(tmp_path: Path, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:

@@ -21,16 +21,11 @@ HAVE = (
     and (ROOT / "spine_mr" / "VB2").is_dir()
     and (ROOT / "hippocampus_mr" / "images").is_dir()
 )
-pytestmark = pytest.mark.skipif(not HAVE, reason="shared spine_mr / hippocampus_mr data absent")
+pytestmark = [
+    pytest.mark.skipif(not HAVE, reason="shared spine_mr / hippocampus_mr data absent"),
+    pytest.mark.usefixtures("one_thread"),
+]
 SPEC = {s.name: s for s in sj.DOMAINS}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _files(folder: str, pattern: str) -> list[Path]:

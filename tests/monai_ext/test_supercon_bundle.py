@@ -23,12 +23,7 @@ META = str(CONFIGS / "metadata.json")
 SMALL = {"arch": "micro", "image_size": 24, "batch_size": 8}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _isic_folder(root: Path, per_class: int = 8) -> Path:

@@ -28,14 +28,7 @@ from monai_ext.supercon.train import (
 from plugins.errors import UserInputError
 from plugins.losses import sup_con
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions on a shared CPU: one thread avoids OpenMP spin contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _supcon_loop(z: np.ndarray, labels: np.ndarray, t: float) -> float:
