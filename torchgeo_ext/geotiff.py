@@ -6,7 +6,7 @@ Reading, CRS, resolution and tiling are torchgeo's: the rasters are :class:`GeoT
 :class:`~torchgeo.datasets.IntersectionDataset`, and windows come from
 :class:`~torchgeo.samplers.GridGeoSampler` over a region of interest per split.
 
-nodata (the file's own value, or ``nodata=`` for files that declare none) is respected everywhere:
+nodata (the files' own value, which must agree, or ``nodata=`` for all files) is respected everywhere:
 
 * a pixel is nodata when **any** selected band is nodata (or outside every file);
 * the band stretch (per-band 1st/99th percentiles, stored in checkpoints for ``predict``) is
@@ -97,13 +97,19 @@ def resolve_bands(
     return out, [names[i - 1] for i in out]
 
 
+def _same_nodata(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return (np.isnan(a) and np.isnan(b)) or a == b
+
+
 class GeoTiffRaster(RasterDataset):
     """Image (``is_image=True``) or label rasters (GeoTIFFs, any CRS) for torchgeo.
 
     Args:
         paths: files and/or folders (searched recursively for ``glob``).
         bands: see :func:`resolve_bands` (1-based numbers or names); ``None`` = all.
-        nodata: value marking nodata in files that declare none (``None``: the file's own).
+        nodata: value marking nodata in every file (``None``: the files' own, which must agree).
         is_image: images (float32, nodata -> NaN) or labels (int64, nodata -> ``ignore_index``).
         glob: file pattern inside folders.
         crs, res: torchgeo's: warp to this CRS / resolution (default: the first file's).
@@ -155,12 +161,21 @@ class GeoTiffRaster(RasterDataset):
             raise UserInputError(
                 f"no readable GeoTIFFs under {', '.join(map(str, self.paths))}."
             ) from None
-        for f in self.source_files:
+        first_nodata = None
+        for i, f in enumerate(self.source_files):
             with rasterio.open(f) as ds:
                 if ds.count != count:
                     raise UserInputError(
                         f"{f} has {ds.count} bands but {files[0]} has {count}; all rasters of one "
                         "dataset need the same bands."
+                    )
+                if i == 0:
+                    first_nodata = ds.nodata
+                elif nodata is None and not _same_nodata(ds.nodata, first_nodata):
+                    # one value marks nodata in every file: another file's would be read as data
+                    raise UserInputError(
+                        f"{f} declares nodata {ds.nodata} but {self.source_files[0]} declares "
+                        f"{first_nodata}; give one value for all files with nodata=."
                     )
 
     def _merge_files(
@@ -341,7 +356,7 @@ class GeoTiffDataModule(GeoDataModule):
         paths: image GeoTIFFs and/or folders of them.
         label_paths: label GeoTIFFs / folders (one band of class indices); ``None`` = pretraining.
         bands: band selection, 1-based numbers or names (see :func:`resolve_bands`).
-        nodata: nodata value for files that declare none (default: the files' own).
+        nodata: nodata value of every file (default: the files' own, which must agree).
         patch_size: window side in pixels; with labels a multiple of the network's output stride.
         stride: grid step of the training windows (default ``patch_size``).
         batch_size, num_workers: the loaders'.

@@ -252,3 +252,24 @@ def test_finetune_augmentation_moves_image_and_mask_together():
     seen = {tuple(o.flatten().tolist()) for o in out[:, 0]}
     assert seen == group  # all 8, and nothing else
     assert torch.equal(out[:, 0].long(), mask) and torch.equal(out[:, 1], out[:, 0] + 100)
+
+
+def test_files_that_declare_different_nodata_are_refused_unless_one_value_is_given(
+    geotiff_folder, tmp_path
+):
+    """One nodata value marks every file: a second file whose own value differs (here 255, where
+    the first says 0) would have its 0s read as data, so it is refused; ``nodata=`` settles it."""
+    import shutil
+
+    import rasterio
+
+    from torchgeo_ext.geotiff import GeoTiffRaster
+
+    folder = tmp_path / "mixed"
+    shutil.copytree(geotiff_folder / "images", folder)
+    with rasterio.open(folder / "scene_1.tif", "r+") as ds:
+        ds.nodata = 255
+    with pytest.raises(UserInputError, match=r"scene_1.tif declares nodata 255.0 but .*scene_0.tif "
+                       r"declares 0.0; give one value for all files with nodata="):  # fmt: skip
+        GeoTiffRaster(folder)
+    assert GeoTiffRaster(folder, nodata=0).nodata_value == 0
