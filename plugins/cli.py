@@ -203,8 +203,16 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
+    """The headline numbers, one per line; nested records (per-split counts, case lists, data
+    summaries) stay in ``metrics.json`` and are named once."""
+    nested = []
     for k, v in metrics.items():
-        print(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}")
+        if isinstance(v, dict | list | tuple):
+            nested.append(k)
+        else:
+            print(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}")
+    if nested:
+        print(f"  (in metrics.json: {', '.join(nested)})")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -267,3 +267,11 @@ def test_a_fresh_process_prints_one_line_despite_framework_import_warnings(tmp_p
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "not downloaded without consent" in lines[0], proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_printed_metrics_name_nested_records_instead_of_dumping_them(capsys):
+    from plugins.cli import _print_metrics
+
+    _print_metrics({"dice": 0.8125, "steps": 3, "split_of": {"dice": "test"}, "cases": ["a"]})
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["  dice: 0.8125", "  steps: 3", "  (in metrics.json: split_of, cases)"]
