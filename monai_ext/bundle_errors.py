@@ -20,7 +20,13 @@ from typing import Any
 
 from plugins.errors import UserInputError
 
-__all__ = ["user_error", "install_one_line_errors", "under_bundle_command", "check_overrides"]
+__all__ = [
+    "user_error",
+    "install_one_line_errors",
+    "under_bundle_command",
+    "check_overrides",
+    "did_you_mean",
+]
 
 
 def user_error(exc: BaseException | None) -> UserInputError | None:
@@ -85,7 +91,7 @@ def _bundle_call() -> tuple[list[str], dict[str, Any], bool] | None:
     return None
 
 
-def _closest(key: str, known: Sequence[str]) -> str:
+def did_you_mean(key: str, known: Sequence[str]) -> str:
     match = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
     return f" (did you mean '{match[0]}'?)" if match else ""
 
@@ -143,10 +149,10 @@ def check_overrides() -> tuple[list[str], dict[str, Any]] | None:
                     break  # a new keyword argument of the component
                 raise UserInputError(
                     f"{names}: override --{key}: {node['_target_']} at {where} takes no argument "
-                    f"'{part}'{_closest(part, params)}."
+                    f"'{part}'{did_you_mean(part, params)}."
                 )
             raise UserInputError(
                 f"{names}: override --{key} names no key '{part}' at {where}"
-                f"{_closest(part, [str(k) for k in known])}."
+                f"{did_you_mean(part, [str(k) for k in known])}."
             )
     return files, override

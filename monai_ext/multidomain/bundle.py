@@ -17,7 +17,7 @@ from monai.engines.utils import IterationEvents
 from monai.transforms import MapTransform
 from monai.utils import CommonKeys as Keys
 
-from monai_ext.bundle_errors import _closest, check_overrides, install_one_line_errors
+from monai_ext.bundle_errors import check_overrides, did_you_mean, install_one_line_errors
 from monai_ext.multidomain.data import check_finite_volume
 from monai_ext.multidomain.loss import MultiDomainLoss
 from plugins.errors import UserInputError
@@ -209,6 +209,6 @@ def check_config(positive: Sequence[str] = ()) -> bool:
             if ref not in items and not ref.startswith("_meta_"):
                 raise UserInputError(
                     f"{names}: '{where}' refers to '@{ref}', which the config does not define"
-                    f"{_closest(ref, list(items))}."
+                    f"{did_you_mean(ref, list(items))}."
                 )
     return True
