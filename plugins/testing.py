@@ -200,7 +200,6 @@ def lightning_ddp_trainer(rank: int, world_size: int, **kwargs: Any) -> Any:
     ``WORLD_SIZE`` set, so it starts no processes), with the engine's ``GlobalBatchNormSync`` and
     the worker's own data (no ``DistributedSampler``), for ``max_steps=1`` unless ``kwargs`` say
     otherwise."""
-    from lightning.pytorch import Trainer
     from lightning.pytorch.strategies import DDPStrategy
 
     from plugins.engine import GlobalBatchNormSync
@@ -209,17 +208,30 @@ def lightning_ddp_trainer(rank: int, world_size: int, **kwargs: Any) -> Any:
         LOCAL_RANK=str(rank), NODE_RANK="0", WORLD_SIZE=str(world_size), RANK=str(rank)
     )
     settings: dict[str, Any] = dict(
-        accelerator="cpu",
         devices=world_size,
         strategy=DDPStrategy(process_group_backend="gloo"),
         plugins=[GlobalBatchNormSync()],
         max_steps=1,
         use_distributed_sampler=False,
+    )
+    return cpu_trainer(**{**settings, **kwargs})
+
+
+def cpu_trainer(root: Any = None, **kwargs: Any) -> Any:
+    """A quiet one-process CPU ``Trainer`` for tests (no logger, checkpoints, progress bar or
+    model summary; ``root`` is its ``default_root_dir``); ``kwargs`` override any setting."""
+    from lightning.pytorch import Trainer
+
+    settings: dict[str, Any] = dict(
+        accelerator="cpu",
+        devices=1,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
     )
+    if root is not None:
+        settings["default_root_dir"] = root
     return Trainer(**{**settings, **kwargs})
 
 

@@ -31,7 +31,7 @@ from agri_ext.train import train_claws
 from plugins.data import ImageTensorDataset, load_digits, load_image_folder, shared_path
 from plugins.distributed import convert_global_batchnorm
 from plugins.monitoring import CollapseMonitor
-from plugins.testing import lightning_ddp_trainer, run_gloo
+from plugins.testing import cpu_trainer, lightning_ddp_trainer, run_gloo
 from plugins.testing import max_state_diff as _max_diff
 
 WORLD = 2
@@ -229,16 +229,7 @@ def test_batch_mode_refuses_a_mixed_batch():
 
 # -- paper-faithful: the same epochs as train_claws -----------------------------------------------
 def _trainer(tmp_path, **kwargs) -> Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    return Trainer(**{**defaults, **kwargs})
+    return cpu_trainer(tmp_path, **kwargs)
 
 
 class _Losses(Callback):

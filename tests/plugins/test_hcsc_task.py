@@ -36,7 +36,7 @@ from plugins.methods.hcsc import HCSCConfig, train_hcsc
 from plugins.methods.hcsc.kmeans import ClusterResult, hierarchical_kmeans
 from plugins.methods.hcsc.task import HCSCTask, IndexedDataset
 from plugins.monitoring import CollapseMonitor
-from plugins.testing import lightning_ddp_trainer, run_gloo
+from plugins.testing import cpu_trainer, lightning_ddp_trainer, run_gloo
 from plugins.testing import max_state_diff as _max_diff
 
 WORLD = 2
@@ -211,16 +211,7 @@ def _loader(n: int = 64, batch_size: int = 32) -> DataLoader:
 
 
 def _trainer(tmp_path, **kwargs) -> Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    return Trainer(**{**defaults, **kwargs})
+    return cpu_trainer(tmp_path, **kwargs)
 
 
 def _new_task(**kwargs) -> HCSCTask:
