@@ -145,13 +145,15 @@ class GeoTiffRaster(RasterDataset):
         if not self.has_crs:
             self.paths, self.filename_glob = _nominal_crs_copies(files, self), "*.vrt"
             files = self.files
-        numbers, self.band_names = resolve_bands(files[0], bands if is_image else None)
-        with rasterio.open(files[0]) as ds:
+        # the user's own file names the bands in messages, not a temporary VRT copy of it
+        first = self.source_files[0]
+        numbers, self.band_names = resolve_bands(first, bands if is_image else None)
+        with rasterio.open(first) as ds:
             count = ds.count
             self.nodata_value = nodata if nodata is not None else ds.nodata
         if not is_image and count != 1:
             raise UserInputError(
-                f"label raster {files[0]} has {count} bands; expected one band of class indices."
+                f"label raster {first} has {count} bands; expected one band of class indices."
             )
         self.band_numbers = numbers
         self.all_bands = tuple(str(i) for i in range(1, count + 1))
@@ -166,7 +168,7 @@ class GeoTiffRaster(RasterDataset):
             with rasterio.open(f) as ds:
                 if ds.count != count:
                     raise UserInputError(
-                        f"{f} has {ds.count} bands but {files[0]} has {count}; all rasters of one "
+                        f"{f} has {ds.count} bands but {first} has {count}; all rasters of one "
                         "dataset need the same bands."
                     )
                 if i == 0:
@@ -174,7 +176,7 @@ class GeoTiffRaster(RasterDataset):
                 elif nodata is None and not _same_nodata(ds.nodata, first_nodata):
                     # one value marks nodata in every file: another file's would be read as data
                     raise UserInputError(
-                        f"{f} declares nodata {ds.nodata} but {self.source_files[0]} declares "
+                        f"{f} declares nodata {ds.nodata} but {first} declares "
                         f"{first_nodata}; give one value for all files with nodata=."
                     )
 
