@@ -84,17 +84,29 @@ class DomainInferStep:
         roi_sizes: each domain's 2-D window (the domain table's ``roi``): a ``SliceInferer`` of that
             window per domain replaces the engine's inferer. ``None``: the engine's inferer.
         sw_batch_size: slices per forward pass of those inferers.
+        slice_axes: each domain's ``slice_axis`` (default: 2 for every domain).
     """
 
-    def __init__(self, roi_sizes: Sequence[Sequence[int]] | None = None, sw_batch_size: int = 16):
+    def __init__(
+        self,
+        roi_sizes: Sequence[Sequence[int]] | None = None,
+        sw_batch_size: int = 16,
+        slice_axes: Sequence[int] | None = None,
+    ):
         self.inferers = None
         if roi_sizes is not None:
             from monai.inferers import SliceInferer
 
+            axes = list(slice_axes) if slice_axes is not None else [2] * len(roi_sizes)
             self.inferers = [
-                SliceInferer(spatial_dim=2, roi_size=list(r), sw_batch_size=sw_batch_size)
-                for r in roi_sizes
+                SliceInferer(spatial_dim=a, roi_size=list(r), sw_batch_size=sw_batch_size)
+                for r, a in zip(roi_sizes, axes, strict=True)
             ]
+
+    @classmethod
+    def for_table(cls, table: Sequence[Any], sw_batch_size: int = 16) -> DomainInferStep:
+        """One ``SliceInferer`` per row of the domain table: its ``roi`` across its ``slice_axis``."""
+        return cls([d.roi for d in table], sw_batch_size, [d.slice_axis for d in table])
 
     def __call__(self, engine: Any, batch: dict) -> dict:
         device = engine.state.device

@@ -19,6 +19,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -222,7 +223,8 @@ def write_datalist(
     holds items ``{"image": path, "label": path, "domain": k}`` with paths relative to ``out_dir``;
     slabs keep the volume's affine (shifted to their first slice), so labels map back to scanner
     space. ``domains`` is the bundle's domain table (``monai_ext.multidomain.domains``): each
-    domain's name and class names, the isotropic ``spacing`` (mm) and the 2-D ``roi``.
+    domain's name and class names, the isotropic ``spacing`` (mm), the 2-D ``roi`` and the
+    ``slice_axis`` of its slices once reoriented to RAS (coronal for ``mni_brainmask``).
     """
     import nibabel as nib
 
@@ -230,7 +232,13 @@ def write_datalist(
     out.mkdir(parents=True, exist_ok=True)
     lists: dict[str, list] = {
         "domains": [
-            {"name": d.name, "labels": list(d.classes), "spacing": [spacing] * 3, "roi": list(roi)}
+            {
+                "name": d.name,
+                "labels": list(d.classes),
+                "spacing": [spacing] * 3,
+                "roi": list(roi),
+                "slice_axis": ras_axis(d.affine, d.axis),  # the in-memory domain's slices
+            }
             for d in domains
         ],
         "training": [],
@@ -394,8 +402,9 @@ class Case:
     """One scored volume: where its slices sit in its domain's stacked, padded arrays.
 
     ``index`` (N,) rows of the domain's ``image``/``label``; ``box`` (top, left, h, w) the slice
-    window inside the padded canvas; ``truth`` (N0, 1, H0, W0) the label on the volume's own grid
-    (slices along axis 2 moved first); ``spacing`` (3,) mm of that grid (in-plane, in-plane, slice).
+    window inside the padded canvas; ``truth`` (N0, 1, H0, W0) the label on the volume's own grid,
+    reoriented to RAS (the domain's slices moved first); ``spacing`` (3,) mm of that grid (in-plane,
+    in-plane, slice).
     """
 
     name: str
@@ -430,6 +439,34 @@ def resample_to(
     return _resize3d(torch.from_numpy(vol), shape.astype(int).tolist(), mode).numpy()
 
 
+def to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``data`` (X, Y, Z) reoriented to RAS, with its new affine: the bundle's
+    ``Orientationd(axcodes="RAS")`` (axes permuted and flipped, never resampled)."""
+    from nibabel.orientations import (
+        apply_orientation,
+        axcodes2ornt,
+        inv_ornt_aff,
+        io_orientation,
+        ornt_transform,
+    )
+
+    ornt = ornt_transform(io_orientation(affine), axcodes2ornt("RAS"))
+    out = np.ascontiguousarray(apply_orientation(data, ornt))
+    return out, np.asarray(affine) @ inv_ornt_aff(ornt, data.shape)
+
+
+def ras_axis(affine: np.ndarray, axis: int) -> int:
+    """The axis of the RAS-reoriented volume that voxel axis ``axis`` of ``affine`` becomes."""
+    from nibabel.orientations import io_orientation
+
+    return int(io_orientation(np.asarray(affine))[axis, 0])
+
+
+def order_of(row: Any) -> list[int]:
+    """Axis order that puts a domain's ``slice_axis`` last: (in-plane, in-plane, slice)."""
+    return [a for a in range(3) if a != row.slice_axis] + [row.slice_axis]
+
+
 def _legacy_table(lists: dict, path: str | Path, what: str) -> list:
     """Domain table of a datalist without a ``domains`` section (the older ``run --data`` form):
     integer domain ids 0..K-1, each domain's files kept at their own spacing; class names are
@@ -454,7 +491,10 @@ def _legacy_table(lists: dict, path: str | Path, what: str) -> list:
 
 
 def datalist_domains(path: str | Path, what: str = "--data") -> tuple[list[dict], bool]:
-    """Every volume of a MONAI datalist as 2-D slices (along axis 2), one dict per domain.
+    """Every volume of a MONAI datalist as 2-D slices, one dict per domain.
+
+    Volumes are reoriented to RAS (as the bundle does) and sliced across each domain's
+    ``slice_axis`` (default 2).
 
     The ``domains`` section (``monai_ext.multidomain.domains``) gives each domain's name, class
     names, spacing (volumes are resampled to it, each axis by its own physical size: never
@@ -496,6 +536,8 @@ def datalist_domains(path: str | Path, what: str = "--data") -> tuple[list[dict]
                 f"{item['label']} has shape {label.shape} but its image has {image.shape}."
             )
         row = table[item["domain"]]
+        image, _ = to_ras(image, affine)  # as the bundle's Orientationd(axcodes="RAS")
+        label, affine = to_ras(label, affine)
         spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
         truth = label.astype(np.int64)
         for raw, cls in row.value_map().items():  # merged raw values -> the domain's classes
@@ -505,7 +547,10 @@ def datalist_domains(path: str | Path, what: str = "--data") -> tuple[list[dict]
             label = resample_to(truth, spacing, row.spacing, "nearest-exact")
         else:
             label = truth
-        vols.append((item, _scale_percentiles(image), label, truth, spacing))
+        # the slice axis last: (in-plane, in-plane, slice), as every array below expects
+        order = order_of(row)
+        image, label, truth = (np.transpose(x, order) for x in (image, label, truth))
+        vols.append((item, _scale_percentiles(image), label, truth, spacing[order]))
     sides = [v[1].shape[:2] for v in vols] + ([common_roi(table)] if not legacy else [])
     canvas = [int(-(-max(s[i] for s in sides) // 16) * 16) for i in (0, 1)]
     out = []
@@ -548,7 +593,7 @@ def datalist_domains(path: str | Path, what: str = "--data") -> tuple[list[dict]
                 "label": label,
                 "role": np.asarray(role),
                 "slab": np.asarray(slab),
-                "spacing": np.asarray(row.spacing if not legacy else mine[0][4]),
+                "spacing": np.asarray(row.spacing)[order_of(row)] if not legacy else mine[0][4],
                 "name": row.name,
                 "classes": classes,
                 "cases": cases,

@@ -15,7 +15,12 @@ of the multi-domain network (Boutillon et al., MICCAI 2021: one DSBN slot and on
 * ``labels``: class names, background first (their count is the domain's head width);
 * ``spacing``: mm the domain's volumes are resampled to; ``roi``: the 2-D slice window (each side a
   multiple of 16, the U-Net's four poolings) for training crops and sliding-window inference;
-* ``label_values`` (optional): raw mask values merged into a class, e.g. one id per vertebra.
+* ``label_values`` (optional): raw mask values merged into a class, e.g. one id per vertebra;
+* ``slice_axis`` (optional, default 2): the axis of the RAS-reoriented volume that indexes the 2-D
+  slices: 0 (left-right: sagittal slices), 1 (anterior-posterior: coronal), 2 (inferior-superior:
+  axial). The names hold only where the files' headers are right: the shared spine volumes are
+  labelled RAS but hold their sagittal slices along axis 2. ``roi`` sizes the two other axes, in
+  axis order.
 
 An item's ``domain`` is a declared name (or its index). The checkpoint stores the table, the network
 settings and per-domain training input statistics (:class:`ModelCard`), so that inference and
@@ -91,6 +96,7 @@ class DomainRow:
     spacing: tuple[float, float, float]
     roi: tuple[int, int]
     label_values: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    slice_axis: int = 2
 
     @property
     def num_classes(self) -> int:
@@ -108,7 +114,15 @@ class DomainRow:
             "spacing": list(self.spacing),
             "roi": list(self.roi),
             "label_values": {k: list(v) for k, v in self.label_values.items()},
+            "slice_axis": self.slice_axis,
         }
+
+    def slice_window(self, depth: int = 1) -> list[int]:
+        """The 3-D window of one ``roi`` slice: ``roi`` on the in-plane axes, ``depth`` on the
+        slice axis (``-1``: the whole axis, as MONAI's spatial sizes)."""
+        window = list(self.roi)
+        window.insert(self.slice_axis, depth)
+        return window
 
 
 def _numbers(value: Any, n: int, kind: type, where: str, key: str) -> tuple:
@@ -172,7 +186,13 @@ def parse_domain(entry: Any, index: int, where: str) -> DomainRow:
                 f"{here}: 'label_values' of '{cls}' must be a list of whole numbers."
             )
         values[cls] = tuple(vals)
-    return DomainRow(name, tuple(labels), spacing, roi, values)  # type: ignore[arg-type]
+    axis = entry.get("slice_axis", 2)
+    if axis not in (0, 1, 2) or isinstance(axis, bool):
+        raise UserInputError(
+            f"{here}: 'slice_axis' must be 0, 1 or 2 (the axis of the RAS-reoriented volume that "
+            f"indexes the slices; 2, axial, by default), got {axis!r}."
+        )
+    return DomainRow(name, tuple(labels), spacing, roi, values, int(axis))  # type: ignore[arg-type]
 
 
 def check_splits(lists: Mapping[str, Any], where: str) -> None:
@@ -424,16 +444,16 @@ def common_roi(table: Sequence[DomainRow]) -> list[int]:
 
 
 def domain_slice_crop(table: Sequence[DomainRow], keys: Sequence[str]) -> PerDomaind:
-    """A random 2-D slice window of each domain's own ROI, zero-padded (never resized) to
-    :func:`common_roi` so that a batch of several domains stacks."""
+    """A random 2-D slice window of each domain's own ROI, across its ``slice_axis``, zero-padded
+    (never resized) to :func:`common_roi` so that a batch of several domains stacks."""
     common = common_roi(table)
     return PerDomaind(
         [
             Compose(
                 [
-                    SpatialPadd(keys, [*d.roi, -1]),
-                    RandSpatialCropd(keys, [*d.roi, 1], random_size=False),
-                    SqueezeDimd(keys, dim=-1),
+                    SpatialPadd(keys, d.slice_window(-1)),
+                    RandSpatialCropd(keys, d.slice_window(1), random_size=False),
+                    SqueezeDimd(keys, dim=d.slice_axis + 1),  # + 1: the channel comes first
                     SpatialPadd(keys, common),
                 ]
             )

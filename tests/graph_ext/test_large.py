@@ -224,3 +224,30 @@ def test_reproduce_takes_graph_names_in_data_and_rejects_unknown_ones(
         capsys, tmp_path / "b", "run", "ariel", "--data", "cora,citeseer", "--epochs", "1"
     )
     assert code == 2 and "names several" in err
+
+
+def test_reproduce_table_states_the_distance_from_the_reported_value_in_its_stds(
+    tmp_path: Path, capsys
+) -> None:
+    from graph_ext.run import REPORTED
+
+    code, _, err = _cli(
+        capsys,
+        tmp_path,
+        *("reproduce", "ariel", "--data", "cora", "--epochs", "1", "--set", "variants=ariel"),
+        *("--set", "splits=2", "--set", "classifier=multinomial", *FAST),
+    )
+    assert code == 0, err
+    (acc,) = [
+        m["cora_ariel_acc"]
+        for m in (json.loads(p.read_text()) for p in tmp_path.rglob("metrics.json"))
+        if "cora_ariel_acc" in m
+    ]
+    table = next(tmp_path.rglob("table.md")).read_text().splitlines()
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    row = [c.strip() for c in table[2].strip("|").split("|")]
+    cells = dict(zip(header, row, strict=True))
+    mean, std = REPORTED["cora"]
+    diff = acc - mean
+    assert cells["ours - reported"] == f"{diff:+.2f} ({diff / std:+.1f} std)"
+    assert cells["reported (ARIEL)"].startswith("84.61 ± 0.92 (Table 2")

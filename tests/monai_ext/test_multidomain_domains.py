@@ -68,6 +68,7 @@ DOMAINS = [
         "labels": ["background", "anterior", "posterior"],
         "spacing": [2.0, 2.0, 2.0],
         "roi": [32, 32],
+        "slice_axis": 0,  # sagittal slices: train, infer and evaluate across another axis
     },
 ]
 # the fourth domain: VB3 numbers its vertebral bodies L1..L5 in order, a 6-class task

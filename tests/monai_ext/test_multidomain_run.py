@@ -117,6 +117,7 @@ def test_write_datalist_slabs_keep_scanner_space(tmp_path: Path) -> None:
     dom = data.mni_tissue()
     path = data.write_datalist(tmp_path, [dom], n_slabs=5)
     lists = json.loads(path.read_text())
+    assert lists["domains"][0]["slice_axis"] == 2  # MNI is RAS; the tissue domain is axial
     items = lists["training"] + lists["validation"] + lists["test"]
     assert len(items) == 5 and len(lists["test"]) == 1 and len(lists["validation"]) == 1
     validate_datalist(items, [3], tmp_path)
