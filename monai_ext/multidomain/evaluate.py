@@ -62,8 +62,10 @@ def case_scores(
 class EvaluationWriter:
     """Ignite handler of the ``evaluate`` config: score each case, write CSVs and overlays.
 
-    Writes ``<output_dir>/metrics.csv`` (case, domain, structure, dice, hd95, assd),
-    ``<output_dir>/summary.csv`` (domain, structure, n, mean and std of each metric) and
+    Writes ``<output_dir>/metrics.csv`` (case, domain, structure, dice, hd95, assd, missed),
+    ``<output_dir>/summary.csv`` (domain, structure, n, mean and std of each metric over the cases
+    where it is defined, and ``missed``: the cases where the structure is in the truth but was not
+    predicted, whose HD95 and ASSD are empty and so left out of those means) and
     ``<output_dir>/overlays/<case>.png`` (the slice with the most labelled voxels: truth contours
     green, prediction red).
 
@@ -109,9 +111,11 @@ class EvaluationWriter:
         scores = case_scores(pred, torch.from_numpy(truth).long(), spec.num_classes, spacing)
         case = image_path.name.removesuffix(".gz").removesuffix(".nii")
         for c, structure in enumerate(spec.labels[1:]):
+            missed = bool((truth == c + 1).any()) and not bool((pred == c + 1).any())
             self.rows.append(
                 {"case": case, "domain": spec.name, "structure": structure}
                 | {m: float(scores[m][c]) for m in METRICS}
+                | {"missed": int(missed)}
             )
         if self.overlays:
             image, _ = load_volume(image_path)
@@ -139,7 +143,7 @@ class EvaluationWriter:
 
     def write(self, engine: Any = None) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        fields = ["case", "domain", "structure", *METRICS]
+        fields = ["case", "domain", "structure", *METRICS, "missed"]
         with open(self.output_dir / "metrics.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fields)
             w.writeheader()
@@ -153,6 +157,7 @@ class EvaluationWriter:
                 if not rows:
                     continue
                 line: dict[str, Any] = {"domain": spec.name, "structure": structure, "n": len(rows)}
+                line["missed"] = sum(r["missed"] for r in rows)
                 for m in METRICS:
                     v = np.asarray([r[m] for r in rows], dtype=float)
                     ok = v[np.isfinite(v)]
@@ -160,7 +165,7 @@ class EvaluationWriter:
                     line[f"{m}_std"] = float(ok.std()) if ok.size else float("nan")
                 summary.append(line)
         with open(self.output_dir / "summary.csv", "w", newline="") as f:
-            keys = ["domain", "structure", "n"] + [
+            keys = ["domain", "structure", "n", "missed"] + [
                 f"{m}_{s}" for m in METRICS for s in ("mean", "std")
             ]
             w = csv.DictWriter(f, keys)

@@ -82,6 +82,9 @@ def _pools(
 
 
 SPLITS = {"val": "validation", "test": "test"}  # slice role -> datalist list it comes from
+# per-structure scores of train.surface_scores; ``missed`` (the fraction of cases where a structure
+# in the truth was not predicted) is what the HD95 / ASSD means leave out
+SCORES = ("dice", "hd95", "assd", "ravd", "missed")
 
 
 def _score(
@@ -92,7 +95,8 @@ def _score(
     Each case's predicted slices are cropped back to its file's own grid first
     (:func:`~monai_ext.multidomain.data.crop_back`), so Dice/HD95/ASSD/RAVD are computed there
     (:func:`~monai_ext.multidomain.train.surface_scores`); the per-structure means leave out cases
-    where a structure's score is undefined.
+    where a structure's score is undefined, and ``missed`` is the fraction of cases where a
+    structure in the truth was not predicted (the cases the HD95 / ASSD means leave out).
     """
     from monai_ext.multidomain.data import crop_back, domain_cases
     from monai_ext.multidomain.train import surface_scores
@@ -349,10 +353,11 @@ def _split_metrics(
 
 
 def _save_case_scores(path: Any, rows: list[dict]) -> None:
-    """``case_scores.csv``: split, case, domain, structure, Dice, HD95 (mm), ASSD (mm), RAVD."""
+    """``case_scores.csv``: split, case, domain, structure, Dice, HD95 (mm), ASSD (mm), RAVD and
+    ``missed`` (1: the structure is in the truth but not predicted, so HD95/ASSD are empty)."""
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(
-            f, ["split", "case", "domain", "structure", "dice", "hd95", "assd", "ravd"]
+            f, ["split", "case", "domain", "structure", "dice", "hd95", "assd", "ravd", "missed"]
         )
         w.writeheader()
         w.writerows(rows)
@@ -562,7 +567,7 @@ def _reproduce(ctx: RunContext) -> dict[str, Any]:
                                 "config": config,
                                 "domain": d["name"],
                                 "structure": cname,
-                                **{m: float(sc[m][c]) for m in ("dice", "hd95", "assd", "ravd")},
+                                **{m: float(sc[m][c]) for m in SCORES},
                             }
                         )
                 row["dice_mean"] = float(
@@ -603,7 +608,7 @@ def _reproduce(ctx: RunContext) -> dict[str, Any]:
                                 m: float(np.nanmean([r[m] for r in hits]))
                                 if np.isfinite([r[m] for r in hits]).any()
                                 else float("nan")
-                                for m in ("dice", "hd95", "assd", "ravd")
+                                for m in SCORES
                             },
                         }
                     )

@@ -225,12 +225,15 @@ def surface_scores(
         spacing: (in-plane, in-plane, through-plane) mm.
 
     Returns:
-        ``{"dice", "hd95", "assd", "ravd"}`` each (num_classes - 1,), NaN where a structure is absent
-        from every slab.
+        ``{"dice", "hd95", "assd", "ravd", "missed"}`` each (num_classes - 1,), NaN where a structure
+        is absent from every slab. HD95 and ASSD are undefined where a structure is in the truth but
+        not predicted, so their means leave those slabs out and would flatter a model that misses
+        structures; ``missed`` is the fraction of the slabs holding a structure where it was not
+        predicted at all, to read beside them.
     """
     from monai_ext.multidomain.evaluate import case_scores
 
-    rows = {k: [] for k in ("dice", "hd95", "assd", "ravd")}
+    rows = {k: [] for k in ("dice", "hd95", "assd", "ravd", "missed")}
     for s in np.unique(slab):
         idx = torch.from_numpy(np.nonzero(slab == s)[0])
         # (N,1,H,W) -> (H, W, N): the slab's slices become the third spatial axis
@@ -240,6 +243,7 @@ def surface_scores(
         vp = torch.bincount(p.reshape(-1).long(), minlength=num_classes)[1:num_classes].numpy()
         vt = torch.bincount(t.reshape(-1).long(), minlength=num_classes)[1:num_classes].numpy()
         rows["ravd"].append(np.where(vt > 0, np.abs(vp - vt) / np.maximum(vt, 1), np.nan))
+        rows["missed"].append(np.where(vt > 0, (vp == 0).astype(float), np.nan))
     out = {}
     for k, v in rows.items():
         a = np.stack(v).astype(float)

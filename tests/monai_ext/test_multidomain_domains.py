@@ -214,6 +214,24 @@ def test_three_domains_infer_and_evaluate_from_the_checkpoint_alone(
         row = next(r for r in rows if r["domain"] == "hippocampus" and r["structure"] == structure)
         assert float(row["dice"]) == pytest.approx(float(dice[c - 1]), abs=1e-6)
         assert float(row["dice"]) == pytest.approx(ref, abs=1e-6)
+    # 'missed': the structure is in the truth, nowhere in the prediction (HD95 then empty)
+    for item in lists["test"]:
+        domain = next(d for d in DOMAINS if d["name"] == item["domain"])
+        seg_file = out / "seg" / Path(item["image"]).name.replace(".nii.gz", "_seg.nii.gz")
+        pred = np.asarray(nib.load(seg_file).dataobj).astype(np.int64)
+        truth = _mapped(item["label"], domain)
+        case = Path(item["image"]).name.removesuffix(".nii.gz")
+        for c, structure in enumerate(domain["labels"][1:], start=1):
+            row = next(r for r in rows if (r["case"], r["structure"]) == (case, structure))
+            missed = (truth == c).any() and not (pred == c).any()
+            assert int(row["missed"]) == int(missed)
+            if missed:
+                assert row["hd95"] in ("", "nan")
+    for line in summary:
+        mine = [
+            r for r in rows if (r["domain"], r["structure"]) == (line["domain"], line["structure"])
+        ]
+        assert int(line["missed"]) == sum(int(r["missed"]) for r in mine)
 
 
 def test_a_fourth_domain_is_a_datalist_edit(tmp_path: Path) -> None:

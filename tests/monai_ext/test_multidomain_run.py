@@ -64,6 +64,24 @@ def test_surface_scores_against_hand_computed_values() -> None:
     np.testing.assert_allclose(
         [perfect["dice"][0], perfect["hd95"][0], perfect["assd"][0]], [1, 0, 0]
     )
+    assert sc["missed"][0] == perfect["missed"][0] == 0
+
+
+def test_surface_scores_count_missed_structures_that_the_distance_means_leave_out() -> None:
+    # 3 classes, 4 slabs of 2 slices; structure 1 in every truth slab, structure 2 in slabs 0-1
+    truth = torch.zeros(8, 1, 16, 16, dtype=torch.long)
+    truth[:, 0, 2:6, 2:6] = 1
+    truth[:4, 0, 9:13, 9:13] = 2
+    slab = np.repeat(np.arange(4), 2)
+    pred = truth.clone()
+    pred[2:4][pred[2:4] == 1] = 0  # slab 1: structure 1 not predicted at all
+    pred[0:2][pred[0:2] == 2] = 0  # slab 0: structure 2 not predicted at all
+    pred[6:8, 0, 2:6, 6] = 1  # slab 3: structure 1 one column too wide (HD95 1 mm)
+    sc = surface_scores(pred, truth, slab, 3, (1.0, 1.0, 1.0))
+    np.testing.assert_allclose(sc["missed"], [1 / 4, 1 / 2])  # of the slabs holding each
+    # the distance means see only the slabs where the structure was predicted
+    np.testing.assert_allclose(sc["hd95"], [np.mean([0.0, 0.0, 1.0]), 0.0])
+    np.testing.assert_allclose(sc["dice"][1], np.mean([0.0, 1.0]))
 
 
 def test_run_demo_writes_outputs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
