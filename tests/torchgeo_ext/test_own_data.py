@@ -273,3 +273,44 @@ def test_files_that_declare_different_nodata_are_refused_unless_one_value_is_giv
                        r"declares 0.0; give one value for all files with nodata="):  # fmt: skip
         GeoTiffRaster(folder)
     assert GeoTiffRaster(folder, nodata=0).nodata_value == 0
+
+
+def _read_first_pixel(raster) -> float:
+    return float(raster[raster.bounds]["image"][0, 0, 0])
+
+
+def test_rasters_without_a_crs_are_read_on_their_own_grid_also_in_spawned_workers(tmp_path):
+    """Rasters without a CRS (plain pixel grids) are indexed through VRT copies with a nominal CRS:
+    the pixels come back unwarped, and a spawn-started worker (DataLoader workers on macOS and
+    Windows) unpickles the dataset, reads it, and exits without deleting the copies."""
+    import multiprocessing as mp
+
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from torchgeo_ext.geotiff import GeoTiffRaster
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(1, 255, (2, 3, 40, 48), dtype=np.uint8)
+    for i, arr in enumerate(pixels):
+        kw = dict(driver="GTiff", width=48, height=40, count=3, dtype="uint8")
+        with rasterio.open(
+            tmp_path / f"tile{i}.tif", "w", **kw, transform=from_origin(i * 100, 40, 1, 1)
+        ) as ds:
+            ds.write(arr)
+    raster = GeoTiffRaster(tmp_path)
+    assert not raster.has_crs
+    sample = raster[raster.bounds]["image"]
+    # the first tile's window, pixel for pixel (the second lies 100 px to the east)
+    np.testing.assert_array_equal(sample[:, :40, :48].numpy(), pixels[0].astype(np.float32))
+    with mp.get_context("spawn").Pool(1) as pool:
+        assert pool.apply(_read_first_pixel, (raster,)) == float(pixels[0, 0, 0, 0])
+    assert all(Path(f).exists() for f in raster.files)
+    assert float(raster[raster.bounds]["image"][0, 0, 0]) == float(pixels[0, 0, 0, 0])
+
+    # a mix of rasters with and without a CRS is one sentence naming the file
+    with rasterio.open(tmp_path / "tile0.tif", "r+") as ds:
+        ds.crs = "EPSG:32640"
+    with pytest.raises(UserInputError, match="has no CRS but other rasters have one") as err:
+        GeoTiffRaster(tmp_path)
+    assert "tile1.tif" in str(err.value) and len(str(err.value).splitlines()) == 1
