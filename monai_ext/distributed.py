@@ -41,6 +41,7 @@ __all__ = [
     "BundleDDP",
     "wrap_ddp",
     "rank_zero_handlers",
+    "not_rank_zero",
     "distributed_sampler",
     "DistributedBalancedSampler",
     "per_rank_batches",
@@ -145,12 +146,20 @@ def rank_zero_handlers(handlers: Sequence[Any] | None) -> list[Any]:
     """Rank 0 keeps every handler; other ranks drop those that only write (logs, TensorBoard,
     checkpoints) and keep those that must run in step on every rank (validation, whose metrics
     are all-gathered; LR schedules; early stopping; checkpoint loading; MetricsSaver, which
-    gathers and writes on rank 0 itself)."""
-    handlers = list(handlers or [])
+    gathers and writes on rank 0 itself). ``None`` entries (components a config disabled with
+    ``_disabled_``, see :func:`not_rank_zero`) are dropped on every rank. Single-process runs
+    (no process group) are rank 0."""
+    handlers = [h for h in handlers or [] if h is not None]
     if rank() == 0:
         return handlers
     writers = (StatsHandler, TensorBoardStatsHandler, CheckpointSaver)
     return [h for h in handlers if not isinstance(h, writers)]
+
+
+def not_rank_zero() -> bool:
+    """True on ranks other than 0: a config's ``_disabled_`` for writers that must not even be
+    built there (``TensorBoardStatsHandler`` creates its event file when it is built)."""
+    return rank() != 0
 
 
 class DistributedBalancedSampler(torch.utils.data.DistributedSampler):

@@ -298,6 +298,8 @@ def test_torchrun_trains_multidomain_bundle_with_override(tmp_path: Path) -> Non
         val_interval=1,
     )
     assert log.count("Epoch: 1/1, Iter: 1/1") == 1  # one step per rank, logged by rank 0 only
+    # one TensorBoard file: the handler is not even built on rank 1 (building it writes a file)
+    assert len(list((tmp_path / "eval").glob("events.out.tfevents*"))) == 1
     state = load_checkpoint(tmp_path / "models" / "model.pt")
     weights = state.get("model", state)
     assert weights and not any(k.startswith("module.") for k in weights)  # the bare network
@@ -339,7 +341,7 @@ def test_torchrun_trains_supercon_stage1_with_override(tmp_path: Path) -> None:
         max_epochs=1,
         balanced="true",  # DistributedBalancedSampler
     )
-    assert log.count("train_supcon_loss") == WORLD  # one step on each rank
+    assert log.count("train_supcon_loss") == 1  # one step on each rank, logged by rank 0 only
     state = torch.load(root / "models" / "stage1.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in state.get("model", state))
 
@@ -353,7 +355,8 @@ def test_torchrun_trains_supercon_stage2_with_override(tmp_path: Path) -> None:
     stage1 = torch.load(root / "models" / "stage1.pt", map_location="cpu", weights_only=True)
     configs[0] = SC / "train_stage2.yaml"
     log = _torchrun(configs, SC / "metadata.json", tmp_path, max_epochs=2, lr=0.05, **common)
-    assert log.count("val_auc:") == 2 * WORLD  # every rank validates (the AUC is all-gathered)
+    # every rank validates (the AUC is all-gathered: one rank alone would wait forever); rank 0 logs
+    assert log.count("val_auc:") == 2
     best = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
     best, stage1 = best.get("model", best), stage1.get("model", stage1)
     for k, v in stage1.items():  # stage 2 trained the classifier only, on every rank alike
