@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -349,12 +349,15 @@ def validate_datalist(
     base_dir: str | Path = ".",
     names: Sequence[str] | None = None,
     value_maps: Sequence[dict[int, int]] | None = None,
+    on_image: Callable[[Path, np.ndarray, np.ndarray], None] | None = None,
 ) -> list[dict]:
     """Check every datalist item before training: readable 3-D NIfTI, domain in range, labels in range.
 
     ``names`` (domain names) make the messages name the domain; ``value_maps`` (per domain, raw
     mask value -> class, see ``DomainSpec.label_values``) are applied before the range check.
-    Raises :class:`UserInputError` naming the file or domain id at fault; returns ``items``.
+    ``on_image(path, image, affine)`` sees every image once it is read (so that statistics need
+    no second read). Raises :class:`UserInputError` naming the file or domain id at fault; returns
+    ``items``.
     """
     k = len(domain_classes)
     for item in items:
@@ -372,7 +375,9 @@ def validate_datalist(
             raise UserInputError(
                 f"domain id {d} of {item.get('image')} is out of range: expected [0, {k - 1}]."
             )
-        image, _ = load_volume(Path(base_dir) / item["image"])
+        image, affine = load_volume(Path(base_dir) / item["image"])
+        if on_image is not None:
+            on_image(Path(base_dir) / item["image"], image, affine)
         if "label" in item:
             label, _ = load_volume(Path(base_dir) / item["label"])
             if label.shape != image.shape:

@@ -294,6 +294,7 @@ def check_items(
         [d.num_classes for d in table],
         names=[d.name for d in table],
         value_maps=[d.value_map() for d in table],
+        on_image=_remember_stats,
     )
 
 
@@ -306,11 +307,29 @@ def volume_stats(image: np.ndarray | torch.Tensor, affine: np.ndarray | torch.Te
     return {"spacing": np.sqrt((a[:3, :3] ** 2).sum(0)).tolist(), "range": float(hi - lo)}
 
 
+# volume_stats of the images check_items has read, so that training_stats does not read them again;
+# keyed by the file's resolved path, size and modification time (a changed file is read anew)
+_STATS: dict[tuple[str, int, int], dict] = {}
+
+
+def _file_key(path: str | Path) -> tuple[str, int, int]:
+    st = Path(path).stat()
+    return str(Path(path).resolve()), st.st_size, st.st_mtime_ns
+
+
+def _remember_stats(path: Path, image: np.ndarray, affine: np.ndarray) -> None:
+    _STATS[_file_key(path)] = volume_stats(image, affine)
+
+
 def training_stats(items: Sequence[dict], table: Sequence[DomainRow]) -> list[dict]:
-    """Per domain: smallest/largest spacing per axis and intensity range over its training images."""
+    """Per domain: smallest/largest spacing per axis and intensity range over its training images
+    (from :func:`check_items`'s read where it checked them, else read here)."""
     per: list[list[dict]] = [[] for _ in table]
     for item in items:
-        per[int(item["domain"])].append(volume_stats(*load_volume(item["image"])))
+        stats = _STATS.get(_file_key(item["image"]))
+        if stats is None:
+            stats = volume_stats(*load_volume(item["image"]))
+        per[int(item["domain"])].append(stats)
     out = []
     for rows in per:
         if not rows:

@@ -1,6 +1,7 @@
-"""Each domain's ``slice_axis``: the plane the 2-D network sees, declared in the datalist, used by
-training crops, the bundle's slice inferer and ``run mr-multidomain --data`` alike (after RAS
-reorientation, as the bundle's ``Orientationd``)."""
+"""The domain table at work, without the shared data: each domain's ``slice_axis`` (the plane the
+2-D network sees, declared in the datalist, used by training crops, the bundle's slice inferer and
+``run mr-multidomain --data`` alike, after RAS reorientation as the bundle's ``Orientationd``), and
+the training statistics of the checkpoint's card taken from the checks' single read."""
 
 from __future__ import annotations
 
@@ -145,3 +146,46 @@ def test_run_path_slices_across_the_declared_axis_of_the_ras_volume(tmp_path: Pa
             lab = d["label"][case.index[x], 0, top : top + h, left : left + w].numpy()
             np.testing.assert_array_equal(lab, seg[x] > 0)
         np.testing.assert_array_equal(case.truth[:, 0].numpy(), seg > 0)
+
+
+def test_training_statistics_reuse_the_check_s_read(tmp_path: Path, monkeypatch) -> None:
+    """check_items reads every volume; training_stats takes its statistics from that read instead
+    of reading the training images a second time (and reads a file that changed since)."""
+    import monai_ext.multidomain.domains as domains
+
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(3):
+        image = rng.normal(100 * (i + 1), 10, (8, 9, 10)).astype(np.float32)
+        label = (rng.random((8, 9, 10)) > 0.5).astype(np.uint8)
+        affine = np.diag([1.0 + i, 1.0, 2.0, 1.0])
+        for kind, data in (("img", image), ("seg", label)):
+            nib.save(nib.Nifti1Image(data, affine), tmp_path / f"v{i}_{kind}.nii.gz")
+        items.append(
+            {
+                "image": str(tmp_path / f"v{i}_img.nii.gz"),
+                "label": str(tmp_path / f"v{i}_seg.nii.gz"),
+                "domain": 0,
+            }
+        )
+    table = [parse_domain(ROW, 0, "datalist d.json")]
+    domains.check_items(items, table)
+    reads = []
+    real = domains.load_volume
+    monkeypatch.setattr(domains, "load_volume", lambda p, *a: reads.append(p) or real(p, *a))
+    (stats,) = domains.training_stats(items, table)
+    assert reads == []  # no second read
+    ranges = []
+    for item in items:
+        x = np.asarray(nib.load(item["image"]).dataobj, dtype=np.float32)
+        lo, hi = np.percentile(x, [0.5, 99.5])
+        ranges.append(hi - lo)
+    assert stats["n"] == 3
+    assert stats["range_min"] == pytest.approx(min(ranges)) and stats["range_max"] == pytest.approx(
+        max(ranges)
+    )
+    assert stats["spacing_min"] == [1.0, 1.0, 2.0] and stats["spacing_max"] == [3.0, 1.0, 2.0]
+    # a file rewritten after the check is read again
+    nib.save(nib.Nifti1Image(np.zeros((8, 9, 10), np.float32), np.eye(4)), items[0]["image"])
+    (after,) = domains.training_stats(items, table)
+    assert reads == [items[0]["image"]] and after["range_min"] == 0.0
