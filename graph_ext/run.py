@@ -179,6 +179,8 @@ def _train_and_evaluate(
         "train_seconds": result.seconds,
         "seconds_per_epoch": result.seconds / max(cfg.epochs, 1),
         "final_loss": result.history[-1]["loss"] if result.history else float("nan"),
+        # epochs with identical projections for every node (dead units; StallWatch warns)
+        "stalled_epochs": result.stalled_epochs,
         "embed_seconds": embed_seconds,
         "effective_rank": effective_rank(z),
     }

@@ -9,6 +9,7 @@ with Adam. ``eps = lam = 0`` is GRACE on sampled subgraphs (``sample_size=None``
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import warnings
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ __all__ = [
     "train",
     "embed_graph",
     "TrainResult",
+    "StallWatch",
 ]
 
 
@@ -266,6 +268,39 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
 
+    @property
+    def stalled_epochs(self) -> int:
+        """Epochs whose contrastive term sat at its value for identical projections (see
+        :class:`StallWatch`)."""
+        return sum(1 for h in self.history if h.get("stalled"))
+
+
+class StallWatch:
+    """Flags epochs where every node has the same projection: GRACE's term then equals
+    log(2n - 1) exactly (each positive pair weighs as much as the 2n - 2 negatives), and no
+    gradient separates the nodes. Dead first-layer ReLUs after a too-large first Adam step do this
+    (Amazon-Photo at the authors' lr 0.1: from epoch 2 to about 500). Warns once, after
+    ``patience`` such epochs in a row, naming the epoch and the remedy."""
+
+    def __init__(self, patience: int = 20, tol: float = 1e-3):
+        self.patience, self.tol = patience, tol
+        self.run = 0
+        self.warned = False
+
+    def update(self, contrast: float, n: int, epoch: int, lr: float) -> bool:
+        stalled = n > 1 and abs(contrast - math.log(2 * n - 1)) < self.tol
+        self.run = self.run + 1 if stalled else 0
+        if self.run >= self.patience and not self.warned:
+            self.warned = True
+            warnings.warn(
+                f"the contrastive loss has sat at log(2n - 1) = {math.log(2 * n - 1):.3f} since "
+                f"epoch {epoch + 2 - self.run}: every node gets the same projection, the encoder's "
+                f"units are dead and the embedding carries nothing; it may revive after hundreds "
+                f"of epochs or never. Lower the learning rate (now --set lr={lr:g}).",
+                stacklevel=3,
+            )
+        return stalled
+
 
 def train(
     data: Data,
@@ -299,6 +334,7 @@ def train(
     before = clock["seconds"]
     start = time.perf_counter()
     features = sparse_features(data.x)  # CSR copy of bag-of-words features, else None
+    stall = StallWatch()
     with progress_bar(
         total=config.epochs, initial=first, desc=desc, show=progress, unit="epoch"
     ) as bar:
@@ -311,6 +347,7 @@ def train(
             loss.backward()
             opt.step()
             check_finite_loss(parts["loss"], epoch)
+            parts["stalled"] = stall.update(parts["contrast"], x.shape[0], epoch, config.lr)
             result.history.append(parts)
             bar.update()
             bar.set_postfix(epoch=epoch + 1, loss=f"{parts['loss']:.3f}", refresh=False)

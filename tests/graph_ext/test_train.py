@@ -1,5 +1,8 @@
 """Training loop pieces: induced-subgraph sampling, feature masking, objective composition."""
 
+import math
+import warnings
+
 import pytest
 import torch
 from torch_geometric.data import Data
@@ -121,3 +124,46 @@ def test_objective_with_sparse_features_equals_dense(eps: float, lam: float) -> 
         assert sparse_parts[key] == pytest.approx(value, rel=1e-5, abs=1e-6)
     for a, b in zip(dense_grads, sparse_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_identical_projections_are_flagged_and_warned_once() -> None:
+    """GRACE's term for identical projections is log(2n - 1) (each node's positive weighs as much
+    as each of its 2n - 2 negatives): the watch flags exactly those epochs and warns once."""
+    from graph_ext.loss import grace_loss
+    from graph_ext.train import StallWatch
+
+    n = 7
+    same = torch.ones(n, 4)
+    assert float(grace_loss(same, same, 0.5)) == pytest.approx(math.log(2 * n - 1), abs=1e-6)
+    watch = StallWatch(patience=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        flags = [watch.update(v, n, e, 0.1) for e, v in enumerate([2.0, *[math.log(13)] * 5, 2.0])]
+    assert flags == [False, True, True, True, True, True, False]
+    (w,) = caught
+    assert "since epoch 2" in str(w.message) and "--set lr=0.1" in str(w.message)
+
+
+def test_a_run_whose_units_die_is_warned_and_counts_its_stalled_epochs() -> None:
+    """0/1 features, 35% non-zero as Amazon-Photo's, plain ReLU, a large first Adam step: every
+    first-layer unit dies, the loss sits at log(2n - 1), and the run says so instead of ending
+    quietly; at lr 0.01 nothing stalls."""
+    from graph_ext.config import config_for
+    from graph_ext.data import prepare_graph
+    from graph_ext.train import train
+
+    g = torch.Generator().manual_seed(0)
+    n = 120
+    x = (torch.rand(n, 200, generator=g) < 0.35).float()
+    src, dst = torch.randint(0, n, (2, 600), generator=g)
+    edges = torch.stack([src[src != dst], dst[src != dst]])
+    data = prepare_graph(Data(x=x, edge_index=torch.cat([edges, edges.flip(0)], 1)))
+    small = {"eps": 0.0, "sample_size": None, "hidden": 32, "proj_hidden": 16, "epochs": 40}
+    with pytest.warns(UserWarning, match=r"log\(2n - 1\) = 5\.476 since epoch \d+"):
+        result = train(data, config_for("amazon-photo", lr=0.3, **small))
+    stalled = [abs(h["contrast"] - math.log(2 * n - 1)) < 1e-3 for h in result.history]
+    assert result.stalled_epochs == sum(stalled) >= 30
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        healthy = train(data, config_for("amazon-photo", lr=0.01, **small))
+    assert healthy.stalled_epochs == 0
