@@ -22,7 +22,7 @@ from plugins.errors import UserInputError
 if TYPE_CHECKING:  # the scores alone (train.surface_scores) need no MONAI transforms
     from monai_ext.multidomain.domains import DomainRow
 
-__all__ = ["case_scores", "EvaluationWriter", "METRICS"]
+__all__ = ["case_scores", "overlay_slices", "EvaluationWriter", "METRICS"]
 
 METRICS = ("dice", "hd95", "assd")
 
@@ -57,6 +57,20 @@ def case_scores(
     for v in out.values():
         v[~np.isfinite(v)] = np.nan
     return out
+
+
+def overlay_slices(
+    image: np.ndarray, truth: np.ndarray, pred: np.ndarray, affine: np.ndarray, slice_axis: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The 2-D planes an overlay shows: the volumes (X, Y, Z, one grid with ``affine``) reoriented
+    to RAS, cut across the domain's ``slice_axis`` (the plane the network saw) at the slice with
+    the most labelled voxels."""
+    from monai_ext.multidomain.data import to_ras
+
+    order = [a for a in range(3) if a != slice_axis] + [slice_axis]
+    image, truth, pred = (np.transpose(to_ras(v, affine)[0], order) for v in (image, truth, pred))
+    z = int(np.argmax((truth > 0).reshape(-1, truth.shape[2]).sum(0)))
+    return image[:, :, z], truth[:, :, z], pred[:, :, z]
 
 
 class EvaluationWriter:
@@ -119,7 +133,8 @@ class EvaluationWriter:
             )
         if self.overlays:
             image, _ = load_volume(image_path)
-            self._overlay(image, truth, pred.numpy(), case, spec)
+            planes = overlay_slices(image, truth, pred.numpy(), affine, spec.slice_axis)
+            self._overlay(*planes, case, spec)
 
     def _overlay(
         self, image: np.ndarray, truth: np.ndarray, pred: np.ndarray, case: str, spec: DomainRow
@@ -127,13 +142,12 @@ class EvaluationWriter:
         from plugins.reporting import pyplot
 
         plt = pyplot()
-        z = int(np.argmax((truth > 0).reshape(-1, truth.shape[2]).sum(0)))
         fig, ax = plt.subplots(figsize=(4, 4))
-        ax.imshow(image[:, :, z], cmap="gray")
+        ax.imshow(image, cmap="gray")
         for c in range(1, spec.num_classes):
             for mask, colour in ((truth, "lime"), (pred, "red")):
-                if (mask[:, :, z] == c).any():
-                    ax.contour(mask[:, :, z] == c, levels=[0.5], colors=colour, linewidths=0.8)
+                if (mask == c).any():
+                    ax.contour(mask == c, levels=[0.5], colors=colour, linewidths=0.8)
         ax.set_title(f"{case} ({spec.name}) truth green, prediction red", fontsize=7)
         ax.axis("off")
         folder = self.output_dir / "overlays"

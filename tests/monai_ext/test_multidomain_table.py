@@ -189,3 +189,21 @@ def test_training_statistics_reuse_the_check_s_read(tmp_path: Path, monkeypatch)
     nib.save(nib.Nifti1Image(np.zeros((8, 9, 10), np.float32), np.eye(4)), items[0]["image"])
     (after,) = domains.training_stats(items, table)
     assert reads == [items[0]["image"]] and after["range_min"] == 0.0
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_evaluation_overlay_shows_the_plane_the_network_saw(axis: int) -> None:
+    from monai_ext.multidomain.evaluate import overlay_slices
+
+    shape = (6, 8, 10)
+    truth = np.zeros(shape, np.int64)
+    index = [slice(None)] * 3
+    index[axis] = 3  # the slice with the most labelled voxels lies at 3 along ``axis``
+    truth[tuple(index)] = 1
+    image = np.indices(shape)[axis].astype(np.float32)  # constant across each slice of ``axis``
+    # written L-P-S: the overlay reorients to RAS first
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0])
+    flip = lambda v: v[::-1, ::-1]  # noqa: E731
+    img2d, truth2d, pred2d = overlay_slices(flip(image), flip(truth), flip(truth), lps, axis)
+    assert img2d.shape == tuple(s for a, s in enumerate(shape) if a != axis)
+    assert np.unique(img2d).tolist() == [3.0] and truth2d.all() and pred2d.all()
