@@ -19,7 +19,6 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -467,9 +466,9 @@ def ras_axis(affine: np.ndarray, axis: int) -> int:
     return int(io_orientation(np.asarray(affine))[axis, 0])
 
 
-def order_of(row: Any) -> list[int]:
-    """Axis order that puts a domain's ``slice_axis`` last: (in-plane, in-plane, slice)."""
-    return [a for a in range(3) if a != row.slice_axis] + [row.slice_axis]
+def slice_axis_last(slice_axis: int) -> list[int]:
+    """Axis order that puts ``slice_axis`` last: (in-plane, in-plane, slice)."""
+    return [a for a in range(3) if a != slice_axis] + [slice_axis]
 
 
 def _legacy_table(lists: dict, path: str | Path, what: str) -> list:
@@ -553,7 +552,7 @@ def datalist_domains(path: str | Path, what: str = "--data") -> tuple[list[dict]
         else:
             label = truth
         # the slice axis last: (in-plane, in-plane, slice), as every array below expects
-        order = order_of(row)
+        order = slice_axis_last(row.slice_axis)
         image, label, truth = (np.transpose(x, order) for x in (image, label, truth))
         vols.append((item, _scale_percentiles(image), label, truth, spacing[order]))
     sides = [v[1].shape[:2] for v in vols] + ([common_roi(table)] if not legacy else [])
@@ -598,7 +597,9 @@ def datalist_domains(path: str | Path, what: str = "--data") -> tuple[list[dict]
                 "label": label,
                 "role": np.asarray(role),
                 "slab": np.asarray(slab),
-                "spacing": np.asarray(row.spacing)[order_of(row)] if not legacy else mine[0][4],
+                "spacing": np.asarray(row.spacing)[slice_axis_last(row.slice_axis)]
+                if not legacy
+                else mine[0][4],
                 "name": row.name,
                 "classes": classes,
                 "cases": cases,

@@ -65,9 +65,9 @@ def overlay_slices(
     """The 2-D planes an overlay shows: the volumes (X, Y, Z, one grid with ``affine``) reoriented
     to RAS, cut across the domain's ``slice_axis`` (the plane the network saw) at the slice with
     the most labelled voxels."""
-    from monai_ext.multidomain.data import to_ras
+    from monai_ext.multidomain.data import slice_axis_last, to_ras
 
-    order = [a for a in range(3) if a != slice_axis] + [slice_axis]
+    order = slice_axis_last(slice_axis)
     image, truth, pred = (np.transpose(to_ras(v, affine)[0], order) for v in (image, truth, pred))
     z = int(np.argmax((truth > 0).reshape(-1, truth.shape[2]).sum(0)))
     return image[:, :, z], truth[:, :, z], pred[:, :, z]

@@ -16,14 +16,13 @@ import torch
 import yaml
 
 from plugins.cli import main
-from plugins.data import shared_data_dir
+from plugins.data import shared_path
 
-SHARED = shared_data_dir(required=False)
-SPINE = SHARED / "spine_mr" / "VB3" if SHARED else None
-HIPPO = SHARED / "hippocampus_mr" if SHARED else None
+SPINE = shared_path("spine_mr", "VB3", required=False)
+HIPPO = shared_path("hippocampus_mr", required=False)
 pytestmark = [
     pytest.mark.skipif(
-        SPINE is None or not SPINE.is_dir() or not HIPPO.is_dir(),
+        SPINE is None or HIPPO is None,
         reason="shared spine_mr/ and hippocampus_mr/ are absent (set CONTRASTIVE_PLUGINS_DATA)",
     ),
     pytest.mark.usefixtures("one_thread"),

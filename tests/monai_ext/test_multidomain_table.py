@@ -18,7 +18,7 @@ from monai.data import MetaTensor
 from monai_ext.multidomain.bundle import DomainInferStep
 from monai_ext.multidomain.data import datalist_domains, ras_axis, to_ras
 from monai_ext.multidomain.domains import DomainRow, domain_slice_crop, parse_domain
-from plugins.data import shared_data_dir
+from plugins.data import shared_path
 from plugins.errors import UserInputError
 
 ROW = {"name": "knee", "labels": ["background", "bone"], "spacing": [1, 1, 1], "roi": [16, 32]}
@@ -100,11 +100,10 @@ def test_ras_axis_follows_the_header() -> None:
     assert [ras_axis(np.eye(4), a) for a in range(3)] == [0, 1, 2]
 
 
-SHARED = shared_data_dir(required=False)
-SPINE = SHARED / "spine_mr" / "VB3" if SHARED else None
+SPINE = shared_path("spine_mr", "VB3", required=False)
 
 
-@pytest.mark.skipif(SPINE is None or not SPINE.is_dir(), reason="shared spine_mr/ is absent")
+@pytest.mark.skipif(SPINE is None, reason="shared spine_mr/ is absent")
 def test_run_path_slices_across_the_declared_axis_of_the_ras_volume(tmp_path: Path) -> None:
     """A spine volume written L-P-S and sliced across axis 0: the slices are the RAS volume's
     ``[x, :, :]``, as the bundle slices it."""
