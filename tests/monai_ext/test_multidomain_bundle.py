@@ -352,6 +352,30 @@ def test_nan_volumes_are_refused_with_the_file_and_the_count(
     assert CheckFinited("image")(load({"image": str(datalist.parent / "d0_1_img.nii.gz")}))
 
 
+def test_a_bad_domain_table_is_refused_before_anything_is_written(
+    tiny_bundle: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from monai.bundle import run
+
+    _, datalist = tiny_bundle
+    lists = json.loads(datalist.read_text())
+    lists["domains"][1]["slice_axis"] = 3
+    for key in ("training", "validation", "test"):  # absolute paths: the copy lives elsewhere
+        for item in lists[key]:
+            for k in ("image", "label"):
+                item[k] = str(datalist.parent / item[k])
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(lists))
+    root = tmp_path / "bundle"
+    with pytest.raises(Exception) as info:
+        run(**_train_kwargs(root, bad))
+    assert str(_user_error(info.value)).endswith(
+        "domain 'd1': 'slice_axis' must be 0, 1 or 2 (the axis of the RAS-reoriented volume "
+        "that indexes the slices; 2, axial, by default), got 3."
+    )
+    assert not root.exists()  # no models/ or eval/ folder left behind
+
+
 def test_command_line_errors_print_one_line_and_exit_2(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
